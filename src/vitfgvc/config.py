@@ -17,14 +17,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from .errors import UserError
 
 DATASETS = ("cub", "dogs", "cars", "plant", "digits")
 MODELS = ("baseline", "multistage")
 DatasetName = Literal["cub", "dogs", "cars", "plant", "digits"]
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     """Invalid parameters; the message lists every problem, one per line."""
 
 
@@ -271,6 +273,14 @@ class Params(Section):
     figures: FiguresSection = FiguresSection()
     mlflow: MlflowSection = MlflowSection()
 
+    @model_validator(mode="after")
+    def _ablation_in_pipeline(self) -> "Params":
+        extra = [d for d in self.ablation.datasets if d not in self.pipeline.datasets]
+        if extra:
+            raise ValueError(f"ablation.datasets must be a subset of pipeline.datasets {self.pipeline.datasets} "
+                             f"(the ablations train on prepared data), got {extra}")
+        return self
+
     def dataset(self, name: str) -> DatasetConfig:
         return getattr(self.datasets, name)
 
@@ -356,6 +366,8 @@ def _describe(err: dict) -> str:
         return f"{key} is not a known key (check the spelling; see params.yaml for every key)"
     if kind == "value_error":
         msg = str(err["ctx"]["error"])
+        if not err["loc"]:  # a check across sections names its keys itself
+            return msg
     elif kind == "literal_error":
         msg = f"must be one of {err['ctx']['expected']}"
     else:

@@ -1,0 +1,150 @@
+"""The download stage: bring a dataset's original files into ``data/raw/<name>/``, extracted.
+
+The source is, in this order of precedence: ``datasets.<name>.path`` (a local
+folder with the original files or their extracted tree; nothing touches the
+network), ``urls`` (HTTP(S) with checksums), or ``kaggle``. Archives are kept,
+verified, in ``download.cache_dir`` so that a re-run does not fetch them again.
+The output folder is built beside its final place and renamed into it only once
+it is complete and parses.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..config import DatasetConfig, DownloadSection
+from ..errors import UserError
+from .datasets import DatasetFormatError, DatasetSpec, spec
+from .download import Checksums, fetch, fetch_kaggle, file_hashes
+from .extract import extract, is_archive
+
+
+class SourceError(UserError, RuntimeError):
+    """No usable source for a dataset."""
+
+
+def ways_out(s: DatasetSpec) -> str:
+    files = " + ".join(s.packagings[0])
+    return (
+        f"Three ways to provide the {s.title} data:\n"
+        f"  1. Kaggle: put kaggle.json (kaggle.com > Settings > API > Create New Token) in ~/.kaggle/ (chmod 600)\n"
+        f"     or in $KAGGLE_CONFIG_DIR, or set KAGGLE_USERNAME and KAGGLE_KEY; a competition's rules must be\n"
+        f"     accepted on its web page first.\n"
+        f"  2. Files you already have: set datasets.{s.name}.path to a folder holding {files}\n"
+        f"     (or their extracted tree); nothing is downloaded then.\n"
+        f"  3. A mirror: list its HTTP(S) URLs under datasets.{s.name}.urls (url, file, sha256)."
+    )
+
+
+def _known_checksums(cfg: DatasetConfig) -> dict[str, Checksums]:
+    known = {u.file: Checksums(u.sha256, u.md5, u.size) for u in cfg.urls}
+    if cfg.kaggle and cfg.kaggle.file:
+        known[cfg.kaggle.file] = Checksums(cfg.kaggle.sha256, cfg.kaggle.md5)
+    return known
+
+
+def _unpack(files: list[Path], dest: Path, s: DatasetSpec, progress: bool) -> None:
+    """Extract archives into ``dest``; copy the other original files (e.g. ``.mat``) as they are."""
+    for f in files:
+        if is_archive(f):
+            extract(f, dest, progress=progress)
+        else:
+            shutil.copy2(f, dest / f.name)
+    # Mirrors sometimes wrap the original archives in one more zip: unpack those too.
+    originals = {n for p in s.packagings for n in p}
+    for inner in sorted(p for p in dest.rglob("*") if p.name in originals and p.is_file() and is_archive(p)):
+        extract(inner, inner.parent, progress=progress)
+        inner.unlink()
+
+
+def _from_path(s: DatasetSpec, cfg: DatasetConfig, tmp: Path, progress: bool) -> str:
+    root = Path(cfg.path).expanduser()
+    if not root.is_dir():
+        raise SourceError(f"datasets.{s.name}.path: {root} is not a folder (expected one holding "
+                          f"{' + '.join(s.packagings[0])} or their extracted tree)")
+    known = _known_checksums(cfg)
+    for packaging in s.packagings:
+        files = [root / n for n in packaging]
+        if all(f.is_file() for f in files):
+            for f in files:
+                if f.name in known:
+                    known[f.name].verify(f)
+            _unpack(files, tmp, s, progress)
+            return f"original files in {root}"
+    try:
+        s.parse(root)
+    except DatasetFormatError as exc:
+        raise SourceError(f"datasets.{s.name}.path: {root} holds neither {' + '.join(s.packagings[0])} "
+                          f"nor their extracted tree ({exc})") from None
+    shutil.copytree(root, tmp, dirs_exist_ok=True)
+    return f"extracted tree in {root}"
+
+
+def _from_http(s: DatasetSpec, cfg: DatasetConfig, dl: DownloadSection, tmp: Path, progress: bool) -> str:
+    cache = Path(dl.cache_dir) / s.name
+    files = []
+    for u in cfg.urls:
+        checks = Checksums(u.sha256, u.md5, u.size)
+        path = fetch(u.url, cache / u.file, checksums=checks, retries=dl.retries, backoff=dl.backoff,
+                     timeout=dl.timeout, chunk_size=dl.chunk_mib << 20, progress=progress)
+        if checks.sha256 is None and checks.md5 is None:
+            tqdm.write(f"{u.file}: no checksum in params; sha256 {file_hashes(path)['sha256']} "
+                       f"(add it under datasets.{s.name}.urls to pin the file)")
+        files.append(path)
+    _unpack(files, tmp, s, progress)
+    return ", ".join(u.url for u in cfg.urls)
+
+
+def _from_kaggle(s: DatasetSpec, cfg: DatasetConfig, dl: DownloadSection, tmp: Path, progress: bool) -> str:
+    k = cfg.kaggle
+    name = k.file or f"{(k.competition or k.dataset or '').split('/')[-1]}.zip"
+    path = fetch_kaggle(dl.kaggle_api, Path(dl.cache_dir) / s.name / name, competition=k.competition,
+                        dataset=k.dataset, checksums=Checksums(k.sha256, k.md5), ways_out=ways_out(s),
+                        retries=dl.retries, backoff=dl.backoff, timeout=dl.timeout,
+                        chunk_size=dl.chunk_mib << 20, progress=progress)
+    _unpack([path], tmp, s, progress)
+    return f"kaggle {'competition ' + k.competition if k.competition else 'dataset ' + k.dataset}"
+
+
+def _from_package(s: DatasetSpec, cfg: DatasetConfig, tmp: Path) -> str:
+    """``digits``: scikit-learn ships the file; a ``path`` may hold another copy of it."""
+    if cfg.path:
+        src = Path(cfg.path).expanduser() / "digits.csv.gz"
+    else:
+        import sklearn.datasets
+
+        src = Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"
+    if not src.is_file():
+        raise SourceError(f"digits: {src} not found (expected scikit-learn's bundled digits.csv.gz)")
+    shutil.copy2(src, tmp / "digits.csv.gz")
+    return str(src)
+
+
+def acquire(name: str, cfg: DatasetConfig, dl: DownloadSection, out: str | Path, *, progress: bool = True) -> dict:
+    """Fill ``out`` with the dataset's original files, extracted; return a short summary."""
+    s = spec(name)
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        if s.synthetic:
+            origin = _from_package(s, cfg, tmp)
+        elif cfg.path:
+            origin = _from_path(s, cfg, tmp, progress)
+        elif cfg.urls:
+            origin = _from_http(s, cfg, dl, tmp, progress)
+        elif cfg.kaggle:
+            origin = _from_kaggle(s, cfg, dl, tmp, progress)
+        else:
+            raise SourceError(f"datasets.{name}: no source set (path, urls or kaggle).\n{ways_out(s)}")
+        images = len(s.parse(tmp).records) if s.parse else None
+    except BaseException:  # interrupted or failed: leave nothing half-built behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return {"dataset": name, "origin": origin, "labelled_images": images}

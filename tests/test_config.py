@@ -1,0 +1,135 @@
+"""The params schema: every profile validates; every bad value is named with its key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from vitfgvc.config import VARIANTS, ParamsError, flatten, load_params
+
+from .conftest import ROOT, subprocess_env
+
+PROFILES = ["params.yaml", "params-smoke.yaml"]
+# Values whose inner keys are free per profile: overrides, sources and extra timm arguments.
+OPAQUE = ("datasets.{}.train", "datasets.{}.kaggle", "model.kwargs")
+
+
+def _keys(data: dict) -> set[str]:
+    opaque = {o.format(d) for o in OPAQUE for d in data["datasets"]}
+    keys = set()
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            name = f"{prefix}{k}"
+            if isinstance(v, dict) and v and name not in opaque:
+                walk(v, name + ".")
+            else:
+                keys.add(name)
+
+    walk(data, "")
+    return keys
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_profiles_validate(profile):
+    params = load_params(ROOT / profile)
+    for dataset in params.pipeline.datasets:
+        for model in ("baseline", "multistage"):
+            params.run_config(dataset, model)
+
+
+@pytest.mark.parametrize("profile", PROFILES[1:])
+def test_profiles_have_the_same_keys(profile):
+    full = _keys(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    other = _keys(yaml.safe_load((ROOT / profile).read_text()))
+    assert other == full, f"only in params.yaml: {sorted(full - other)}; only in {profile}: {sorted(other - full)}"
+
+
+def _write(tmp_path, edit):
+    data = yaml.safe_load((ROOT / "params-smoke.yaml").read_text())
+    edit(data)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _set(dotted, value):
+    def edit(data):
+        *parents, last = dotted.split(".")
+        node = data
+        for p in parents:
+            node = node[p]
+        node[last] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "dotted, value, expected",
+    [
+        ("aug.erase_p", 1.5, "aug.erase_p must be in [0, 1], got 1.5"),
+        ("train.epochs", "ten", "train.epochs must be a valid integer, got 'ten'"),
+        ("train.lr", "1e-3", "train.lr must be a valid number, got '1e-3' (YAML reads '1e-3' as text: write 1.0e-3)"),
+        ("train.batch_size", 0, "train.batch_size must be >= 1, got 0"),
+        ("datasets.cub.train", {"lr": -1.0}, "datasets.cub.train.lr must be > 0, got -1.0"),
+        ("datasets.cub.train", {"epoch": 3}, "datasets.cub.train.epoch is not a known key"),
+        ("multistage.part_pool", "median", "multistage.part_pool must be one of 'avg', 'max' or 'gem', got 'median'"),
+        ("aug.crop_threshold", [0.6, 0.4], "aug.crop_threshold must be [low, high] with low <= high, got [0.6, 0.4]"),
+        ("aug.erase_pp", 0.5, "aug.erase_pp is not a known key"),
+        ("pipeline.datasets", ["cub", "birds"], "pipeline.datasets.1 must be one of"),
+        ("ablation.variants", ["full", "no_such_variant"], "ablation.variants.1 must be one of"),
+        ("ablation.datasets", ["cars"], "ablation.datasets must be a subset of pipeline.datasets"),
+        ("model.pretrained", "yes", "model.pretrained must be a valid boolean, got 'yes'"),
+    ],
+)
+def test_bad_values_name_their_key(tmp_path, dotted, value, expected):
+    path = _write(tmp_path, _set(dotted, value))
+    if dotted == "ablation.datasets":
+        path = _write(tmp_path, lambda d: (_set("pipeline.datasets", ["cub"])(d), _set(dotted, value)(d)))
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert expected in str(err.value)
+    assert str(err.value).startswith(str(path))
+
+
+def test_missing_section_and_every_problem_listed(tmp_path):
+    def edit(data):
+        del data["pipeline"]
+        data["aug"]["erase_p"] = -1
+    with pytest.raises(ParamsError) as err:
+        load_params(_write(tmp_path, edit))
+    lines = str(err.value).splitlines()
+    assert any("pipeline is required but missing" in line for line in lines)
+    assert any("aug.erase_p must be in [0, 1], got -1" in line for line in lines)
+
+
+def test_run_config_applies_dataset_overrides():
+    params = load_params(ROOT / "params.yaml")
+    cars = params.run_config("cars", "multistage")
+    assert (cars.train.epochs_frozen, cars.train.lr, cars.high_res) == (24, 3.3e-3, 512)
+    assert cars.train.weight_decay == params.train.weight_decay  # not overridden: inherited
+    base = params.run_config("dogs", "baseline")
+    assert base.multistage is None and base.aug is None  # the baseline reads neither
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "full"])
+def test_each_variant_differs_from_full_in_exactly_one_switch(variant):
+    params = load_params(ROOT / "params.yaml")
+    full = flatten(params.run_config("dogs", "multistage", "full").model_dump())
+    other = flatten(params.run_config("dogs", "multistage", variant).model_dump())
+    changed = sorted(k for k in full if full[k] != other[k] and k != "variant")
+    assert changed == sorted(VARIANTS[variant]), changed
+
+
+def test_stage_stops_before_any_work_on_bad_params(tmp_path):
+    path = _write(tmp_path, _set("aug.erase_p", 1.5))
+    proc = subprocess.run([sys.executable, str(ROOT / "stages/prepare.py"), "--dataset", "digits",
+                           "--params", str(path)], cwd=tmp_path, capture_output=True, text=True,
+                          env=subprocess_env())
+    assert proc.returncode == 1
+    assert "aug.erase_p must be in [0, 1], got 1.5" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing written
