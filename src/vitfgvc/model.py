@@ -1,0 +1,216 @@
+"""The encoder (any timm ViT) and the paper's head, with optional attention capture.
+
+``FGVCViT(x)`` returns logits; ``FGVCViT(x, capture_attn=True)`` also returns the
+per-layer softmax attention probabilities ``list[Tensor[B, heads, T, T]]`` (before
+dropout) that :mod:`vitfgvc.attention` turns into maps. Capture is switched on for
+one call only: timm's fused attention (``F.scaled_dot_product_attention``) never
+materialises the probabilities, so during that call (:func:`capture_attention`) each
+timm ``Attention`` module runs an explicit forward that records them; on exit the
+modules run timm's own (fused) forward again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import timm
+import torch
+import torch.utils.checkpoint
+from timm.layers import Attention, maybe_add_mask, resolve_self_attn_mask
+from timm.models import load_checkpoint
+from torch import Tensor, nn
+
+__all__ = ["FGVCViT", "build_model", "capture_attention", "load_encoder_weights", "norm_param_names"]
+
+
+def _explicit_forward(
+    attn_mod: Attention,
+    x: Tensor,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    *,
+    store: list[Tensor] | None,
+) -> Tensor:
+    """timm's ``Attention.forward`` with the probabilities computed explicitly and appended to ``store``."""
+    m = attn_mod
+    b, n, _ = x.shape
+    gate = m.gate(x).sigmoid() if getattr(m, "gate", None) is not None else None
+    q, k, v = m.qkv(x).reshape(b, n, 3, m.num_heads, m.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = m.q_norm(q), m.k_norm(k)
+    attn = (q * m.scale) @ k.transpose(-2, -1)
+    attn = maybe_add_mask(attn, resolve_self_attn_mask(n, attn, attn_mask, is_causal))
+    # without autograd, softmax in place: one [B, heads, T, T] buffer per layer instead
+    # of two (on CPU the second allocation costs as much as the softmax)
+    attn = attn.softmax(-1) if attn.requires_grad else torch.softmax(attn, -1, out=attn)
+    if store is not None:
+        store.append(attn)
+    x = (m.attn_drop(attn) @ v).transpose(1, 2).reshape(b, n, m.num_heads * m.head_dim)
+    x = m.norm(x)
+    if gate is not None:
+        x = x * gate
+    return m.proj_drop(m.proj(x))
+
+
+@contextlib.contextmanager
+def capture_attention(module: nn.Module, store: list[Tensor] | None) -> Iterator[list[Tensor] | None]:
+    """Run the timm ``Attention`` layers inside ``module`` explicitly; append their probabilities to ``store``.
+
+    ``store=None`` only switches the explicit forward on (used when a checkpointed
+    block is recomputed in the backward pass, so that it saves the same tensors as
+    its forward did). The modules' own forward is back on exit.
+    """
+    mods = [m for m in module.modules() if type(m).forward is Attention.forward]  # subclasses may differ
+    if not mods:
+        raise ValueError(f"{type(module).__name__} has no timm Attention layer whose probabilities can be captured")
+    for m in mods:
+        m.forward = functools.partial(_explicit_forward, m, store=store)
+    try:
+        yield store
+    finally:
+        for m in mods:
+            del m.forward  # the instance attribute: the class's (fused) forward shows again
+
+
+def norm_param_names(module: nn.Module, prefix: str = "") -> list[str]:
+    """Names of the parameters of every normalisation layer in ``module`` (LayerNorm, RmsNorm, ...).
+
+    Phase 1 of the training trains these (and the head) while the rest of the encoder is frozen.
+    """
+    names = []
+    for mod_name, mod in module.named_modules(prefix=prefix.rstrip(".")):
+        # timm's norm layers (LayerNorm, RmsNorm, LayerNorm2d, ...) all carry "Norm" in the class name
+        if "Norm" in type(mod).__name__:
+            names += [f"{mod_name}.{p}" if mod_name else p for p, _ in mod.named_parameters(recurse=False)]
+    return names
+
+
+def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
+    """Load a local checkpoint into a timm encoder built with ``num_classes=0``.
+
+    ``.npz``: an original JAX/big_vision ViT checkpoint, through timm's own loader.
+    ``.safetensors`` / ``.pth`` / ``.pt``: a state dict, bare or nested under ``"model"``
+    or ``"state_dict"`` (read with ``weights_only=True``), passed through the model's
+    checkpoint filter (which resizes position embeddings to the encoder's grid); the
+    checkpoint's classifier is dropped. Raises ``FileNotFoundError`` or ``RuntimeError``
+    naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model weights file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in (".npz", ".safetensors", ".pth", ".pt"):
+        raise ValueError(f"{path}: unsupported weights format {suffix!r} (expected .safetensors, .pth, .pt or .npz)")
+    module_filter = getattr(sys.modules[type(encoder).__module__], "checkpoint_filter_fn", None)
+
+    def filter_fn(state_dict: dict, model: nn.Module) -> dict:
+        if module_filter is not None:
+            state_dict = module_filter(state_dict, model)
+        # the encoder has no classifier (num_classes=0): drop the checkpoint's
+        classifiers = model.pretrained_cfg.get("classifier", "head") if hasattr(model, "pretrained_cfg") else "head"
+        classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
+        own = model.state_dict().keys()
+        prefixes = tuple(c + "." for c in classifiers)
+        return {k: v for k, v in state_dict.items() if k in own or not k.startswith(prefixes)}
+
+    try:
+        load_checkpoint(encoder, str(path), use_ema=False, strict=True, filter_fn=filter_fn, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure is re-raised naming the file
+        raise RuntimeError(f"{path}: cannot load these weights into {type(encoder).__name__}: {exc}") from exc
+
+
+class FGVCViT(nn.Module):
+    """A timm ViT encoder and the paper's head ``Linear(d, d) -> ReLU -> Linear(d, C)``.
+
+    The head reads the encoder's pooled features: for a standard ViT the CLS token
+    after the final norm. One encoder and one head serve every stage.
+
+    Attributes:
+        encoder: the timm model (``num_classes=0``).
+        head: the classification head.
+        num_prefix_tokens: CLS + register/distillation tokens before the patch tokens.
+        grid: the patch grid ``(gh, gw)`` at the encoder's ``img_size``.
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int):
+        super().__init__()
+        self.encoder = encoder
+        d = encoder.num_features
+        self.head = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, num_classes))
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.encoder.num_prefix_tokens
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.encoder.patch_embed.grid_size)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.encoder.set_grad_checkpointing(enable)
+
+    def norm_param_names(self) -> list[str]:
+        """Names (in ``self.named_parameters()``) of the encoder's normalisation parameters."""
+        return norm_param_names(self.encoder, prefix="encoder.")
+
+    def _tokens_captured(self, x: Tensor, store: list[Tensor]) -> Tensor:
+        enc = self.encoder
+        if not (enc.grad_checkpointing and torch.is_grad_enabled()):
+            with capture_attention(enc, store):
+                return enc.forward_features(x)
+        # timm's checkpoint_seq would recompute the blocks fused in the backward pass and
+        # save other tensors than the explicit forward did: checkpoint each block here
+        # with the explicit path in both passes, recording only in the first.
+        x = enc.norm_pre(enc.patch_drop(enc._pos_embed(enc.patch_embed(x))))
+        for blk in enc.blocks:
+            contexts = lambda b=blk: (capture_attention(b, store), capture_attention(b, None))  # noqa: E731
+            x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False, context_fn=contexts)
+        return enc.norm(x)
+
+    def forward_features(self, x: Tensor, capture_attn: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """Pooled features ``[B, d]`` (the final-norm CLS token), and the attention if asked."""
+        if not capture_attn:
+            return self.encoder.forward_head(self.encoder.forward_features(x), pre_logits=True)
+        store: list[Tensor] = []
+        tokens = self._tokens_captured(x, store)
+        return self.encoder.forward_head(tokens, pre_logits=True), store
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """Logits ``[B, C]`` from pooled features ``[B, d]``."""
+        return self.head(features)
+
+    def forward(self, x: Tensor, capture_attn: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """Logits ``[B, C]``; with ``capture_attn`` also ``list[Tensor[B, heads, T, T]]``, one per layer."""
+        if not capture_attn:
+            return self.forward_head(self.forward_features(x))
+        features, attn = self.forward_features(x, capture_attn=True)
+        return self.forward_head(features), attn
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    *,
+    img_size: int,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    kwargs: dict | None = None,
+    grad_checkpointing: bool = False,
+) -> FGVCViT:
+    """An :class:`FGVCViT` over ``timm.create_model(name, num_classes=0, img_size=img_size, **kwargs)``.
+
+    Pretrained weights come from timm's hub tag (``pretrained=True``, e.g.
+    ``vit_base_patch16_384.orig_in21k_ft_in1k``) or from a local file ``weights``
+    (see :func:`load_encoder_weights`); not both.
+    """
+    if pretrained and weights is not None:
+        raise ValueError("give either pretrained=True (timm hub) or a local weights file, not both")
+    encoder = timm.create_model(name, pretrained=pretrained, num_classes=0, img_size=img_size, **(kwargs or {}))
+    if weights is not None:
+        load_encoder_weights(encoder, weights)
+    model = FGVCViT(encoder, num_classes)
+    model.set_grad_checkpointing(grad_checkpointing)
+    return model
