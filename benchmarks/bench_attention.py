@@ -61,6 +61,7 @@ def measure(
     threads: int | None = None,
     model_name: str = "vit_base_patch16_384",
     img_size: int = 384,
+    capture: bool | str = "mean",
 ) -> dict:
     """Time (a) fused forward, (b) capture forward, (c) localisation; seconds per batch.
 
@@ -80,7 +81,7 @@ def measure(
         for i in range(warmup + repeats):
             t_fused = _seconds(lambda: model(x))
             captured = []
-            t_capture = _seconds(lambda: captured.append(model(x, capture_attn=True)[1]))
+            t_capture = _seconds(lambda: captured.append(model(x, capture_attn=capture)[1]))
             attn = captured.pop()
             t_localise = _seconds(lambda: localise(attn, model.num_prefix_tokens, model.grid))
             del attn
@@ -90,6 +91,7 @@ def measure(
                 times["localise"].append(t_localise)
     result = {k: _stats(v) for k, v in times.items()}
     result.update(
+        capture_mode="all heads" if capture is True else f"heads fused ({capture}), as the multistage model",
         batch=batch,
         repeats=repeats,
         threads=torch.get_num_threads(),
@@ -106,7 +108,8 @@ def markdown(result: dict) -> str:
     """A small Markdown table of :func:`measure`'s result."""
     lines = [
         f"{result['model']} @ {result['img_size']} px, batch {result['batch']}, "
-        f"{result['threads']} threads, {result['repeats']} repeats (seconds per batch)",
+        f"{result['threads']} threads, {result['repeats']} repeats (seconds per batch); "
+        f"capture: {result['capture_mode']}",
         "",
         "| step | median | min | max |",
         "|---|---|---|---|",
@@ -138,8 +141,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--model", default="vit_base_patch16_384")
     parser.add_argument("--img-size", type=int, default=384)
+    parser.add_argument("--all-heads", action="store_true",
+                        help="capture every head's probabilities instead of the fused map the model uses")
     args = parser.parse_args()
-    print(markdown(measure(args.batch, args.repeats, args.warmup, args.threads, args.model, args.img_size)))
+    print(markdown(measure(args.batch, args.repeats, args.warmup, args.threads, args.model, args.img_size,
+                           capture=True if args.all_heads else "mean")))
 
 
 if __name__ == "__main__":

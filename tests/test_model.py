@@ -186,3 +186,36 @@ def test_weights_errors_name_the_file(tmp_path):
         build_model(NAME, 5, img_size=64, kwargs=SMALL, weights=junk)
     with pytest.raises(ValueError, match="either"):
         build_model(NAME, 5, img_size=64, kwargs=SMALL, pretrained=True, weights=wrong)
+
+
+@pytest.mark.parametrize("fuse", ["mean", "max", "min"])
+def test_fused_capture_equals_fusing_every_head(images, fuse):
+    model = small_model().eval()
+    with torch.no_grad():
+        logits_all, every = model(images, capture_attn=True)
+        logits_fused, fused = model(images, capture_attn=fuse)
+    torch.testing.assert_close(logits_fused, logits_all)
+    reduce = {"mean": lambda a: a.mean(1, keepdim=True), "max": lambda a: a.amax(1, keepdim=True),
+              "min": lambda a: a.amin(1, keepdim=True)}[fuse]
+    for f, a in zip(fused, every):
+        assert f.shape == (2, 1, 17, 17)
+        torch.testing.assert_close(f, reduce(a))
+    torch.testing.assert_close(rollout(fused, head_fusion=fuse), rollout(every, head_fusion=fuse))
+
+
+def test_memory_chunked_capture_equals_one_batch(images, monkeypatch):
+    import vitfgvc.model as model_mod
+
+    model = small_model().eval()
+    with torch.no_grad():
+        logits, attn = model(images, capture_attn=True)
+        monkeypatch.setattr(model_mod, "_CHUNK_BYTES", 1)  # one sample per chunk
+        logits_chunked, attn_chunked = model(images, capture_attn=True)
+    torch.testing.assert_close(logits_chunked, logits)
+    for a, b in zip(attn_chunked, attn):
+        torch.testing.assert_close(a, b)
+
+
+def test_capture_rejects_an_unknown_fusion(images):
+    with pytest.raises(ValueError, match="capture_attn must be True or one of"):
+        small_model()(images, capture_attn="median")

@@ -27,6 +27,23 @@ from torch import Tensor, nn
 __all__ = ["FGVCViT", "build_model", "capture_attention", "load_encoder_weights", "norm_param_names"]
 
 
+# Inference capture computes the attention in chunks of samples whose [heads, T, T]
+# buffer stays below glibc's largest mmap threshold (32 MiB): the buffer is then reused
+# from the heap instead of being mapped, page-faulted and unmapped at every layer,
+# which on a CPU costs more than the softmax itself (ViT-B/16 at 384: 16 MiB a sample).
+_CHUNK_BYTES = 24 << 20
+
+FUSIONS = ("mean", "max", "min")
+
+
+def _fuse(attn_bhtt: Tensor, fuse: str | None) -> Tensor:
+    if fuse is None:
+        return attn_bhtt
+    if fuse == "mean":
+        return attn_bhtt.mean(1, keepdim=True)
+    return attn_bhtt.amax(1, keepdim=True) if fuse == "max" else attn_bhtt.amin(1, keepdim=True)
+
+
 def _explicit_forward(
     attn_mod: Attention,
     x: Tensor,
@@ -34,21 +51,34 @@ def _explicit_forward(
     is_causal: bool = False,
     *,
     store: list[Tensor] | None,
+    fuse: str | None = None,
 ) -> Tensor:
-    """timm's ``Attention.forward`` with the probabilities computed explicitly and appended to ``store``."""
+    """timm's ``Attention.forward`` with the probabilities computed explicitly and appended to ``store``.
+
+    ``fuse`` (mean | max | min) stores the heads fused, ``[B, 1, T, T]``, instead of all of them.
+    """
     m = attn_mod
     b, n, _ = x.shape
     gate = m.gate(x).sigmoid() if getattr(m, "gate", None) is not None else None
     q, k, v = m.qkv(x).reshape(b, n, 3, m.num_heads, m.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = m.q_norm(q), m.k_norm(k)
-    attn = (q * m.scale) @ k.transpose(-2, -1)
-    attn = maybe_add_mask(attn, resolve_self_attn_mask(n, attn, attn_mask, is_causal))
-    # without autograd, softmax in place: one [B, heads, T, T] buffer per layer instead
-    # of two (on CPU the second allocation costs as much as the softmax)
-    attn = attn.softmax(-1) if attn.requires_grad else torch.softmax(attn, -1, out=attn)
+    mask = resolve_self_attn_mask(n, q, attn_mask, is_causal)
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
+    per_sample = m.num_heads * n * n * q.element_size()
+    step = b if grad or x.device.type != "cpu" else max(1, _CHUNK_BYTES // per_sample)
+    outs, kept = [], []
+    for i in range(0, b, step):
+        attn = (q[i:i + step] * m.scale) @ k[i:i + step].transpose(-2, -1)
+        attn = maybe_add_mask(attn, mask[i:i + step] if mask is not None and mask.dim() == 4 and mask.shape[0] == b
+                              else mask)
+        # without autograd, softmax in place: one buffer instead of two
+        attn = attn.softmax(-1) if grad else torch.softmax(attn, -1, out=attn)
+        if store is not None:
+            kept.append(_fuse(attn, fuse))
+        outs.append(m.attn_drop(attn) @ v[i:i + step])
     if store is not None:
-        store.append(attn)
-    x = (m.attn_drop(attn) @ v).transpose(1, 2).reshape(b, n, m.num_heads * m.head_dim)
+        store.append(kept[0] if len(kept) == 1 else torch.cat(kept))
+    x = (outs[0] if len(outs) == 1 else torch.cat(outs)).transpose(1, 2).reshape(b, n, m.num_heads * m.head_dim)
     x = m.norm(x)
     if gate is not None:
         x = x * gate
@@ -56,7 +86,8 @@ def _explicit_forward(
 
 
 @contextlib.contextmanager
-def capture_attention(module: nn.Module, store: list[Tensor] | None) -> Iterator[list[Tensor] | None]:
+def capture_attention(module: nn.Module, store: list[Tensor] | None, fuse: str | None = None
+                      ) -> Iterator[list[Tensor] | None]:
     """Run the timm ``Attention`` layers inside ``module`` explicitly; append their probabilities to ``store``.
 
     ``store=None`` only switches the explicit forward on (used when a checkpointed
@@ -67,7 +98,7 @@ def capture_attention(module: nn.Module, store: list[Tensor] | None) -> Iterator
     if not mods:
         raise ValueError(f"{type(module).__name__} has no timm Attention layer whose probabilities can be captured")
     for m in mods:
-        m.forward = functools.partial(_explicit_forward, m, store=store)
+        m.forward = functools.partial(_explicit_forward, m, store=store, fuse=fuse)
     try:
         yield store
     finally:
@@ -156,37 +187,45 @@ class FGVCViT(nn.Module):
         """Names (in ``self.named_parameters()``) of the encoder's normalisation parameters."""
         return norm_param_names(self.encoder, prefix="encoder.")
 
-    def _tokens_captured(self, x: Tensor, store: list[Tensor]) -> Tensor:
+    def _tokens_captured(self, x: Tensor, store: list[Tensor], fuse: str | None) -> Tensor:
         enc = self.encoder
         if not (enc.grad_checkpointing and torch.is_grad_enabled()):
-            with capture_attention(enc, store):
+            with capture_attention(enc, store, fuse):
                 return enc.forward_features(x)
         # timm's checkpoint_seq would recompute the blocks fused in the backward pass and
         # save other tensors than the explicit forward did: checkpoint each block here
         # with the explicit path in both passes, recording only in the first.
         x = enc.norm_pre(enc.patch_drop(enc._pos_embed(enc.patch_embed(x))))
         for blk in enc.blocks:
-            contexts = lambda b=blk: (capture_attention(b, store), capture_attention(b, None))  # noqa: E731
+            contexts = lambda b=blk: (capture_attention(b, store, fuse), capture_attention(b, None))  # noqa: E731
             x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False, context_fn=contexts)
         return enc.norm(x)
 
-    def forward_features(self, x: Tensor, capture_attn: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """Pooled features ``[B, d]`` (the final-norm CLS token), and the attention if asked."""
+    def forward_features(self, x: Tensor, capture_attn: bool | str = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """Pooled features ``[B, d]`` (the final-norm CLS token), and the attention if asked.
+
+        ``capture_attn``: ``True`` for every head's probabilities ``[B, heads, T, T]`` per
+        layer; a head fusion (``"mean"``, ``"max"``, ``"min"``) for ``[B, 1, T, T]``, fused as
+        the layer runs (what the rollout needs, at a fraction of the memory).
+        """
         if not capture_attn:
             return self.encoder.forward_head(self.encoder.forward_features(x), pre_logits=True)
+        fuse = None if capture_attn is True else capture_attn
+        if fuse is not None and fuse not in FUSIONS:
+            raise ValueError(f"capture_attn must be True or one of {FUSIONS}, got {capture_attn!r}")
         store: list[Tensor] = []
-        tokens = self._tokens_captured(x, store)
+        tokens = self._tokens_captured(x, store, fuse)
         return self.encoder.forward_head(tokens, pre_logits=True), store
 
     def forward_head(self, features: Tensor) -> Tensor:
         """Logits ``[B, C]`` from pooled features ``[B, d]``."""
         return self.head(features)
 
-    def forward(self, x: Tensor, capture_attn: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """Logits ``[B, C]``; with ``capture_attn`` also ``list[Tensor[B, heads, T, T]]``, one per layer."""
+    def forward(self, x: Tensor, capture_attn: bool | str = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """Logits ``[B, C]``; with ``capture_attn`` also the attention per layer (see :meth:`forward_features`)."""
         if not capture_attn:
             return self.forward_head(self.forward_features(x))
-        features, attn = self.forward_features(x, capture_attn=True)
+        features, attn = self.forward_features(x, capture_attn=capture_attn)
         return self.forward_head(features), attn
 
 
