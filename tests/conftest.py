@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,9 +16,73 @@ def repo_root() -> Path:
 
 def subprocess_env(**extra: str) -> dict[str, str]:
     """Environment for stage/DVC subprocesses: this interpreter first on PATH, no analytics."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["DVC_NO_ANALYTICS"] = "1"
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
+    from vitfgvc.workspace import environment
+
+    return environment(PYTHONUNBUFFERED="1", **extra)
+
+
+def set_dotted(data: dict, **dotted) -> dict:
+    """Set ``{"a.b": v}`` style keys in a nested params mapping (in place); returns it."""
+    for key, value in dotted.items():
+        *parents, last = key.split(".")
+        node = data
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return data
+
+
+def smoke_params(**dotted) -> dict:
+    import yaml
+
+    return set_dotted(yaml.safe_load((ROOT / "params-smoke.yaml").read_text()), **dotted)
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory) -> Path:
+    """Prepared ``dogs`` (the fixture archives, 8 images a class) and ``digits``, and a params file for them."""
+    import yaml
+
+    from vitfgvc.config import Params
+    from vitfgvc.data.acquire import acquire
+    from vitfgvc.data.prepare import prepare
+
+    from .fixtures import write_dogs
+
+    root = tmp_path_factory.mktemp("ws")
+    fx = write_dogs(root / "fixtures", per_class=8)
+    data = smoke_params(**{"datasets.dogs.path": str(fx.root)})
+    params = Params.model_validate(data)
+    for name in ("dogs", "digits"):
+        acquire(name, params.dataset(name), params.download, root / "data/raw" / name, progress=False)
+        prepare(name, params, root / "data/raw" / name, root / "data/prepared" / name, progress=False)
+    (root / "params.yaml").write_text(yaml.safe_dump(data))
+    return root
+
+
+@pytest.fixture()
+def torch_state():
+    """Training sets torch's global switches (threads, determinism): put them back afterwards."""
+    import torch
+
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(det)
+
+
+def train_in_process(workspace: Path, out: Path, dataset: str, model: str, variant=None, uri=None, **dotted):
+    """Train one run on the workspace's prepared data; outputs under ``out``. Returns (cfg, paths, metrics)."""
+    import yaml
+
+    from vitfgvc.config import Params
+    from vitfgvc.tracking import Tracker
+    from vitfgvc.training import RunPaths, train
+
+    data = set_dotted(yaml.safe_load((workspace / "params.yaml").read_text()), **dotted)
+    cfg = Params.model_validate(data).run_config(dataset, model, variant)
+    paths = RunPaths.for_run(dataset, f"ablation/{variant}" if variant else model, out)
+    paths = RunPaths(workspace / "data/prepared" / dataset, paths.model_dir, paths.metrics, paths.history,
+                     paths.checkpoints)
+    factory = (lambda: Tracker(cfg.experiment, root=out, uri=uri)) if uri else None
+    return cfg, paths, train(cfg, paths, stage=f"{model}@{dataset}", tracker_factory=factory, progress=False)

@@ -10,9 +10,9 @@ import yaml
 
 from vitfgvc.config import VARIANTS, ParamsError, flatten, load_params
 
-from .conftest import ROOT, subprocess_env
+from .conftest import ROOT, set_dotted, subprocess_env
 
-PROFILES = ["params.yaml", "params-smoke.yaml"]
+PROFILES = ["params.yaml", "params-smoke.yaml", "params-cpu.yaml"]
 # Values whose inner keys are free per profile: overrides, sources and extra timm arguments.
 OPAQUE = ("datasets.{}.train", "datasets.{}.kaggle", "model.kwargs")
 
@@ -57,14 +57,7 @@ def _write(tmp_path, edit):
 
 
 def _set(dotted, value):
-    def edit(data):
-        *parents, last = dotted.split(".")
-        node = data
-        for p in parents:
-            node = node[p]
-        node[last] = value
-
-    return edit
+    return lambda data: set_dotted(data, **{dotted: value})
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import yaml
 from PIL import Image
 
 from vitfgvc.config import Params
@@ -13,21 +12,14 @@ from vitfgvc.data.datasets import DatasetFormatError, parse_cars
 from vitfgvc.data.extract import extract
 from vitfgvc.data.prepare import MANIFEST_COLUMNS, PrepareError, prepare, target_size
 
-from .conftest import ROOT
+from .conftest import smoke_params
 from .fixtures import write_cars, write_cub, write_dogs, write_plant
 
 WRITERS = {"cub": write_cub, "dogs": write_dogs, "cars": write_cars, "plant": write_plant}
 
 
 def make_params(**dotted) -> Params:
-    data = yaml.safe_load((ROOT / "params-smoke.yaml").read_text())
-    for key, value in dotted.items():
-        *parents, last = key.split(".")
-        node = data
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return Params.model_validate(data)
+    return Params.model_validate(smoke_params(**dotted))
 
 
 def run(tmp_path, name, fixture_kw=None, progress=False, **dotted):

@@ -185,12 +185,14 @@ class TransformSection(Section):
 
 
 class MultistageSection(Section):
+    start_epoch: NonNegInt = 0
     object: bool = True
     parts: bool = True
     attention: Literal["rollout", "last_layer"] = "rollout"
     head_fusion: Literal["mean", "max", "min"] = "mean"
     discard_ratio: UnitOpen = 0.0
     threshold: Literal["mean", "otsu"] = "mean"
+    map_size: PosInt = 448
     closing: NonNegInt = 3
     min_area: Unit = 0.0
     fallback: Literal["full", "random"] = "full"
@@ -246,6 +248,7 @@ def _unique(v: list) -> list:
 
 class PipelineSection(Section):
     datasets: Annotated[list[DatasetName], Field(min_length=1), AfterValidator(_unique)]
+    equal_time: Annotated[list[DatasetName], AfterValidator(_unique)] = []
 
 
 class AblationSection(Section):
@@ -256,6 +259,10 @@ class AblationSection(Section):
 class FiguresSection(Section):
     images: PosInt = 4
     dpi: PosInt = 100
+
+
+class ReportSection(Section):
+    markdown: str = "reports/tables.md"
 
 
 class Params(Section):
@@ -271,14 +278,17 @@ class Params(Section):
     aug: AugSection = AugSection()
     ablation: AblationSection = AblationSection()
     figures: FiguresSection = FiguresSection()
+    report: ReportSection = ReportSection()
     mlflow: MlflowSection = MlflowSection()
 
     @model_validator(mode="after")
     def _ablation_in_pipeline(self) -> "Params":
-        extra = [d for d in self.ablation.datasets if d not in self.pipeline.datasets]
-        if extra:
-            raise ValueError(f"ablation.datasets must be a subset of pipeline.datasets {self.pipeline.datasets} "
-                             f"(the ablations train on prepared data), got {extra}")
+        for key, values in (("ablation.datasets", self.ablation.datasets),
+                            ("pipeline.equal_time", self.pipeline.equal_time)):
+            extra = [d for d in values if d not in self.pipeline.datasets]
+            if extra:
+                raise ValueError(f"{key} must be a subset of pipeline.datasets {self.pipeline.datasets} "
+                                 f"(they train on prepared data), got {extra}")
         return self
 
     def dataset(self, name: str) -> DatasetConfig:

@@ -183,15 +183,19 @@ def _window_scores(maps_b1hw: Tensor, kernel: tuple[int, int], pool: str, gem_p:
     """Score ``[B, H-kh+1, W-kw+1]`` of every window at stride 1."""
     kh, kw = kernel
 
-    def separable(pool2d, x):  # a column pass then a row pass: ~5x faster for 43x43 windows
-        return pool2d(pool2d(x, (kh, 1), stride=1), (1, kw), stride=1).squeeze(1)
+    def window_mean(x):
+        # a summed-area table: four lookups per window whatever its size (float64 keeps the
+        # differences of large running sums exact enough that equal windows stay tied)
+        s = F.pad(x.squeeze(1).double().cumsum(-1).cumsum(-2), (1, 0, 1, 0))
+        total = s[:, kh:, kw:] - s[:, :-kh, kw:] - s[:, kh:, :-kw] + s[:, :-kh, :-kw]
+        return (total / (kh * kw)).to(x.dtype)
 
     if pool == "avg":
-        return separable(F.avg_pool2d, maps_b1hw)
-    if pool == "max":
-        return separable(F.max_pool2d, maps_b1hw)
+        return window_mean(maps_b1hw)
+    if pool == "max":  # a column pass then a row pass
+        return F.max_pool2d(F.max_pool2d(maps_b1hw, (kh, 1), stride=1), (1, kw), stride=1).squeeze(1)
     if pool == "gem":
-        return separable(F.avg_pool2d, maps_b1hw.clamp(min=1e-6).pow(gem_p)).pow(1.0 / gem_p)
+        return window_mean(maps_b1hw.clamp(min=1e-6).pow(gem_p)).pow(1.0 / gem_p)
     raise ValueError(f"pool must be avg, max or gem, got {pool!r}")
 
 

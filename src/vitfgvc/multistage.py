@@ -1,0 +1,219 @@
+"""The two models of the paper's tables around one shared :class:`~vitfgvc.model.FGVCViT`.
+
+- :class:`Baseline`: the ViT with the paper's head on the full image (the "ViT" rows).
+- :class:`MultiStage`: stage a (the full image), stage b (the object box cut from the
+  high-resolution image), stage c (the top-k part boxes, found on the object's
+  cropped attention map and cut from the high-resolution image); one encoder and
+  one head serve all three. Attention-guided erasing and cropping act in training.
+
+Both take a batch of images and return a :class:`StageOutput`; everything a
+training step, the evaluation, the figures and ``vitfgvc predict`` need comes
+from that one forward pass, so DDP sees one forward per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import last_layer, rollout
+from .augment import attention_crop_boxes, attention_erase
+from .config import RunConfig
+from .localize import compose_boxes, crop_resize, object_boxes, part_boxes
+from .model import FGVCViT, build_model
+
+STAGE_NAMES = {"a": "full image", "b": "object", "c": "parts", "combined": "combined"}
+
+
+@dataclass
+class StageOutput:
+    """Logits per stage: ``a`` and ``b`` ``[B, C]``, ``c`` ``[B, k, C]`` (one row per part).
+
+    ``maps`` ``[B, gh, gw]`` is the attention map of the clean full image; boxes are
+    ``(x0, y0, x1, y1)`` fractions of the full image. ``views`` holds the stage
+    inputs (for figures) when asked for.
+    """
+
+    logits: dict[str, Tensor]
+    maps: Tensor | None = None
+    object_boxes: Tensor | None = None
+    part_boxes: Tensor | None = None
+    views: dict[str, Tensor] = field(default_factory=dict)
+
+    def stage_logits(self) -> dict[str, Tensor]:
+        """``[B, C]`` per stage; stage c is the mean of the part logits."""
+        return {k: (v.mean(1) if k == "c" else v) for k, v in self.logits.items()}
+
+    def probabilities(self) -> dict[str, Tensor]:
+        """Softmax per stage, and ``combined``: the mean of the stage probabilities."""
+        probs = {k: v.float().softmax(-1) for k, v in self.stage_logits().items()}
+        probs["combined"] = torch.stack(list(probs.values())).mean(0)
+        return probs
+
+
+def joint_loss(out: StageOutput, labels: Tensor, *, label_smoothing: float, part_loss: str = "sum"
+               ) -> tuple[Tensor, dict[str, Tensor]]:
+    """``L_a + L_b + sum_i L_ci`` (``part_loss="mean"``: the mean over the parts, as the original code)."""
+    ce = partial(F.cross_entropy, label_smoothing=label_smoothing)
+    parts = {}
+    for name, logits in out.logits.items():
+        if name == "c":
+            k = logits.shape[1]
+            per_part = ce(logits.flatten(0, 1).float(), labels.repeat_interleave(k), reduction="none").view(-1, k)
+            parts[name] = per_part.mean(0).sum() if part_loss == "sum" else per_part.mean()
+        else:
+            parts[name] = ce(logits.float(), labels)
+    return sum(parts.values()), {k: v.detach() for k, v in parts.items()}
+
+
+def _resize(x: Tensor, size: int) -> Tensor:
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+class Baseline(nn.Module):
+    """The full-image ViT. With ``with_maps`` it also returns its rollout map (for figures)."""
+
+    def __init__(self, net: FGVCViT, cfg: RunConfig):
+        super().__init__()
+        self.net, self.cfg = net, cfg
+        self.input_size = cfg.backbone.img_size
+
+    def set_epoch(self, epoch: int) -> None:
+        """Nothing changes with the epoch for the baseline."""
+
+    def forward(self, images: Tensor, draws: Tensor | None = None, generator=None, *, with_maps: bool = False,
+                keep_views: bool = False) -> StageOutput:
+        x = _resize(images, self.cfg.backbone.img_size)
+        if not with_maps:
+            return StageOutput({"a": self.net(x)}, views={"a": x} if keep_views else {})
+        logits, attn = self.net(x, capture_attn="mean")
+        maps = rollout([a.detach() for a in attn], num_prefix_tokens=self.net.num_prefix_tokens, grid=self.net.grid)
+        return StageOutput({"a": logits}, maps=maps, views={"a": x} if keep_views else {})
+
+
+class MultiStage(nn.Module):
+    """Stages a, b, c over one encoder and head; see the module docstring."""
+
+    def __init__(self, net: FGVCViT, cfg: RunConfig):
+        super().__init__()
+        if cfg.multistage is None or cfg.aug is None:
+            raise ValueError("MultiStage needs a multistage run config")
+        self.net, self.cfg = net, cfg
+        self.ms, self.aug = cfg.multistage, cfg.aug
+        self.input_size = cfg.high_res
+        self.full_image_only = False
+
+    def set_epoch(self, epoch: int) -> None:
+        """Before ``multistage.start_epoch`` training sees the full image alone (stage a)."""
+        self.full_image_only = epoch < self.ms.start_epoch
+
+    def attention_map(self, attn: list[Tensor]) -> Tensor:
+        attn = [a.detach() for a in attn]
+        if self.ms.attention == "last_layer":
+            return last_layer(attn, head_fusion=self.ms.head_fusion, num_prefix_tokens=self.net.num_prefix_tokens,
+                              grid=self.net.grid)
+        return rollout(attn, head_fusion=self.ms.head_fusion, discard_ratio=self.ms.discard_ratio,
+                       num_prefix_tokens=self.net.num_prefix_tokens, grid=self.net.grid)
+
+    def forward(self, images: Tensor, draws: Tensor | None = None, generator: torch.Generator | None = None, *,
+                with_maps: bool = True, keep_views: bool = False) -> StageOutput:
+        """``images`` ``[B, 3, H, H]`` at the high-res size, normalised (the map is always computed).
+
+        ``draws`` ``[B, >=3]`` uniforms decide per image (training only): erase stage a
+        (``< aug.erase_p``), attention-crop stage a (``< aug.crop_p``), erase stage b.
+        ``generator`` draws the crop thresholds and any random fallback box.
+        """
+        ms, aug, size = self.ms, self.aug, self.cfg.backbone.img_size
+        hi = images
+        x_a = _resize(hi, size)
+        b = hi.shape[0]
+        if self.training and self.full_image_only:
+            return StageOutput({"a": self.net(x_a)})
+        erase = self.training and aug.erase_p > 0
+        crop = self.training and aug.crop_p > 0
+        if (erase or crop) and draws is None:
+            draws = torch.rand(b, 3, generator=generator, device=hi.device)
+        views: dict[str, Tensor] = {}
+
+        if erase or crop:
+            # the map comes from the clean image, in an extra pass without gradients (as the original)
+            with torch.no_grad():
+                _, attn = self.net(x_a, capture_attn=self.ms.head_fusion)
+            maps = self.attention_map(attn)
+            view_a, map_a = x_a, maps
+            if crop:
+                crop_b4 = attention_crop_boxes(maps, 1.0, tuple(aug.crop_threshold), aug.crop_pad,
+                                               generator=generator, apply=draws[:, 1] < aug.crop_p)
+                view_a = crop_resize(hi, crop_b4, size)
+                map_a = crop_resize(maps.unsqueeze(1), crop_b4, tuple(maps.shape[-2:])).squeeze(1)
+            if erase:
+                view_a = attention_erase(view_a, map_a, 1.0, aug.erase_threshold, apply=draws[:, 0] < aug.erase_p)
+            logits_a = None
+        else:
+            # no augmentation needs the clean map first: stage a's own pass gives it
+            view_a = x_a
+            logits_a, attn = self.net(x_a, capture_attn=self.ms.head_fusion)
+            maps = self.attention_map(attn)
+
+        full = torch.tensor([0.0, 0.0, 1.0, 1.0], device=hi.device).expand(b, 4)
+        obj = full
+        if ms.object:
+            fine = F.interpolate(maps.unsqueeze(1), size=(ms.map_size, ms.map_size), mode="bilinear",
+                                 align_corners=False).squeeze(1)
+            obj = object_boxes(fine, threshold=ms.threshold, closing=ms.closing, min_area=ms.min_area,
+                               fallback=ms.fallback, generator=generator)
+        obj_map = None
+        if ms.parts or (ms.object and erase):
+            obj_map = crop_resize(maps.unsqueeze(1), obj, ms.part_grid).squeeze(1)  # [B, g, g], max ~1
+
+        crops, parts_abs = [], None
+        if ms.object:
+            x_b = crop_resize(hi, obj, size)
+            view_b = attention_erase(x_b, obj_map, 1.0, aug.erase_threshold, apply=draws[:, 2] < aug.erase_p) \
+                if erase else x_b
+            crops.append(view_b)
+        if ms.parts:
+            rel = part_boxes(obj_map, window=ms.part_window, k=ms.num_parts, iou=ms.part_iou, pool=ms.part_pool,
+                             gem_p=ms.gem_p)
+            parts_abs = compose_boxes(obj, rel)
+            if ms.parts_from_erased and ms.object and erase:
+                x_c = crop_resize(view_b, rel, size)  # the original: parts of the erased object crop
+            else:
+                x_c = crop_resize(hi, parts_abs, size)
+            crops.append(x_c.flatten(0, 1))
+
+        if logits_a is None:
+            batch = torch.cat([view_a, *crops]) if crops else view_a
+            logits = self.net(batch)
+            logits_a, rest = logits[:b], logits[b:]
+        else:
+            rest = self.net(torch.cat(crops)) if crops else logits_a[:0]
+        out = {"a": logits_a}
+        if ms.object:
+            out["b"], rest = rest[:b], rest[b:]
+        if ms.parts:
+            out["c"] = rest.view(b, ms.num_parts, -1)
+        if keep_views:
+            views = {"a": view_a}
+            if ms.object:
+                views["b"] = crops[0]
+            if ms.parts:
+                views["c"] = crops[-1].view(b, ms.num_parts, *crops[-1].shape[1:])
+        return StageOutput(out, maps=maps, object_boxes=obj if ms.object else None, part_boxes=parts_abs,
+                           views=views)
+
+
+def build(cfg: RunConfig, num_classes: int, *, load_pretrained: bool = True) -> Baseline | MultiStage:
+    """The model of a run config; ``load_pretrained=False`` skips the hub/local weights (to load a trained state)."""
+    bb = cfg.backbone
+    net = build_model(bb.name, num_classes, img_size=bb.img_size,
+                      pretrained=load_pretrained and bb.pretrained and bb.weights is None,
+                      weights=bb.weights if load_pretrained else None, kwargs=dict(bb.kwargs),
+                      grad_checkpointing=cfg.train.grad_checkpointing)
+    return (Baseline if cfg.model == "baseline" else MultiStage)(net, cfg)
