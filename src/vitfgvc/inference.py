@@ -1,0 +1,71 @@
+"""Using a trained model directory (``models/<dataset>/<model>/``) outside training.
+
+A model directory holds everything needed: ``model.safetensors`` (the encoder and
+head), ``config.yaml`` (the resolved run config) and ``classes.csv``; nothing is
+read from ``params.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from PIL import Image
+
+from .config import ParamsError, RunConfig
+from .data.loader import eval_image
+from .data.prepare import target_size
+from .errors import UserError
+from .multistage import Baseline, MultiStage, build
+
+REQUIRED = ("model.safetensors", "config.yaml", "classes.csv")
+
+
+class ModelDirError(UserError, ValueError):
+    pass
+
+
+@dataclass
+class Loaded:
+    model: Baseline | MultiStage
+    cfg: RunConfig
+    classes: list[str]
+    device: torch.device
+
+    @property
+    def input_size(self) -> int:
+        """The side images are resized to: the high-res size (multistage) or the model's input size."""
+        return self.model.input_size
+
+    def preprocess(self, img: Image.Image) -> torch.Tensor:
+        """As the pipeline: the longer side capped at the high-res size (prepare), then the evaluation view."""
+        img = img.convert("RGB")
+        if self.cfg.high_res:
+            size = target_size(*img.size, self.cfg.high_res)
+            if size != img.size:
+                img = img.resize(size, Image.BICUBIC)
+        return eval_image(img, self.input_size)
+
+
+def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    missing = [name for name in REQUIRED if not (path / name).is_file()]
+    if missing:
+        raise ModelDirError(f"{path}: not a trained model directory (missing {', '.join(missing)}; expected the "
+                            "output of a training stage, e.g. models/cub/multistage)")
+    try:
+        cfg = RunConfig.from_yaml(path / "config.yaml")
+    except ParamsError as exc:
+        raise ModelDirError(str(exc)) from None
+    classes = pd.read_csv(path / "classes.csv").sort_values("label")["class_name"].astype(str).tolist()
+    model = build(cfg, len(classes), load_pretrained=False)
+    try:
+        model.net.load_state_dict(load_file(str(path / "model.safetensors")))
+    except RuntimeError as exc:
+        raise ModelDirError(f"{path / 'model.safetensors'}: does not fit the model of config.yaml: {exc}") from None
+    device = torch.device(device)
+    return Loaded(model.eval().to(device), cfg, classes, device)

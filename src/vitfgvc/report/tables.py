@@ -1,0 +1,263 @@
+"""The paper's Tables 1-4 and the ablation table, from the pipeline's metrics.
+
+The published rows come from ``published.yaml`` (one place, with its source).
+Under them come this run's measured rows: the ViT baseline and the multistage
+model per stage and combined, each beside the paper's own "ViT" or "Ours"
+number and the difference. A number that was not measured is shown as "—"
+with a footnote; nothing is invented. Each table is written as Markdown,
+LaTeX and CSV.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from ..config import VARIANTS
+
+DATASET_TITLES = {"cub": "CUB-200-2011", "dogs": "Stanford Dogs", "cars": "Stanford Cars",
+                  "plant": "Plant Pathology 2020", "digits": "Cluttered digits"}
+MISSING = "—"
+NOT_MEASURED = "— : not measured in this run (its dataset or stage is not part of this profile)."
+STAGE_ROWS = [("accuracy_a", "Ours, stage a (full image)"), ("accuracy_b", "Ours, stage b (object crop)"),
+              ("accuracy_c", "Ours, stage c (part crops, mean of the part logits)"),
+              ("accuracy", "Ours, combined (mean of the stage probabilities)")]
+
+
+def published() -> dict:
+    return yaml.safe_load(resources.files("vitfgvc.report").joinpath("published.yaml").read_text())
+
+
+@dataclass
+class Table:
+    key: str                          # file stem
+    title: str
+    columns: list[str]
+    rows: list[list]                  # cells: str, number or None (not measured)
+    section: int | None = None        # index of the first measured row
+    notes: list[str] = field(default_factory=list)
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=self.columns)
+
+
+# ---------------------------------------------------------------- the results
+def load_results(metrics: Path) -> dict[str, dict]:
+    """``{"dogs/baseline": {...}, "dogs/ablation/no_erase": {...}, "prepare/dogs": {...}}``."""
+    return {str(p.relative_to(metrics).with_suffix("")): json.loads(p.read_text())
+            for p in sorted(metrics.rglob("*.json"))}
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return MISSING
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _delta(ours, paper) -> float | None:
+    return None if ours is None or paper is None else round(ours - paper, 2)
+
+
+def _signed(value) -> str:
+    if value == "":
+        return ""
+    return MISSING if value is None else f"{value:+.2f}"
+
+
+# ---------------------------------------------------------------- the tables
+def table1(pub: dict, results: dict, datasets: list[str]) -> Table:
+    rows, notes = [], []
+    paper = {r["dataset"]: r for r in pub["table1"]}
+    for d in datasets:
+        p, m = paper.get(d, {}), results.get(f"prepare/{d}")
+        rows.append([p.get("name", DATASET_TITLES[d]),
+                     m and m["classes"], m and m["train"], m and m["val"], m and m["test"],
+                     p.get("classes"), p.get("train"), p.get("test")])
+        if p.get("note"):
+            notes.append(f"{p['name']}: {p['note']}")
+    notes.append("Measured: the prepared manifests (after any validation split and rejected images). "
+                 + NOT_MEASURED + " The paper columns are empty for a dataset the paper does not use.")
+    return Table("table1", "Table 1. Summary of datasets",
+                 ["Dataset", "Classes", "Train", "Val", "Test", "Classes (paper)", "Train (paper)", "Test (paper)"],
+                 rows, notes=notes)
+
+
+def paper_table(key: str, pub: dict, results: dict) -> Table:
+    spec = pub[key]
+    ds = spec["datasets"]
+    columns = ["Method", "Backbone"]
+    for d in ds:
+        columns += [f"{DATASET_TITLES[d]} (%)", "Paper (%)", "Δ"]
+    rows = []
+    paper_of = {}
+    for r in spec["rows"]:
+        row = [r["method"], r["backbone"]]
+        for d in ds:
+            row += [str(r["accuracy"][d]) if d in r["accuracy"] else None, "", ""]  # as printed
+        rows.append(row)
+        if r.get("ours"):
+            paper_of[r["ours"]] = (r["method"], r["accuracy"])
+    section = len(rows)
+    measured = [("baseline", "accuracy", "ViT (baseline, full image)"),
+                *[("multistage", k, label) for k, label in STAGE_ROWS]]
+    for model, metric, label in measured:
+        runs = [results.get(f"{d}/{model}") for d in ds]
+        backbone = next((r.get("backbone") for r in runs if r), None)
+        row = [label, backbone or MISSING]
+        method, paper = paper_of[model]
+        for d, run in zip(ds, runs):
+            ours = run.get(metric) if run else None
+            row += [ours, f"{paper[d]} ({method})", _delta(ours, paper[d])]
+        rows.append(row)
+    notes = [f"Published rows: {pub['source']}",
+             "Measured rows: the final epoch on the test split (never a best epoch); \"Paper\" is the paper's own "
+             "ViT row for the baseline and its \"Ours\" row for every multistage row; Δ = measured - paper.",
+             NOT_MEASURED]
+    for d in ds:
+        notes += pub.get("notes", {}).get(d, [])
+    if "plant" in ds:
+        run = results.get("plant/multistage")
+        auc = run.get("mean_auc") if run else None
+        base = results.get("plant/baseline")
+        notes.append(f"Mean column-wise ROC AUC (the competition's metric): baseline "
+                     f"{_fmt(base.get('mean_auc') if base else None, 4)}, multistage combined {_fmt(auc, 4)}.")
+    return Table(key, f"{key.replace('table', 'Table ')}. {spec['caption']}", columns, rows, section, notes)
+
+
+def ablation_table(dataset: str, variants: list[str], results: dict) -> Table:
+    full = results.get(f"{dataset}/ablation/full") or results.get(f"{dataset}/multistage")
+    rows = []
+    names = variants if "full" in variants else ["full", *variants]
+    for v in names:
+        run = results.get(f"{dataset}/ablation/{v}")
+        if run is None and v == "full":
+            run = results.get(f"{dataset}/multistage")
+        switch = ", ".join(f"{k} = {val}" for k, val in VARIANTS[v].items()) or "(the multistage model as set)"
+        cells = [run.get(k) if run else None for k, _ in STAGE_ROWS]
+        combined = run.get("accuracy") if run else None
+        rows.append([v, switch, *cells, _delta(combined, full.get("accuracy") if full else None)])
+    notes = ["Each variant is a multistage training that differs from `full` in exactly the switch shown.",
+             "Accuracy (%) on the test split at the final epoch; Δ: combined accuracy minus that of `full`.",
+             NOT_MEASURED + " A stage a variant switches off has no accuracy."]
+    if "full" not in variants:
+        notes.append("`full` is the `multistage` stage's run (the same configuration).")
+    return Table(f"ablation_{dataset}", f"Ablation on {DATASET_TITLES[dataset]} (accuracy, %)",
+                 ["Variant", "Differs from full in", "a (full image)", "b (object)", "c (parts)", "combined",
+                  "Δ combined"], rows, notes=notes)
+
+
+def digits_table(results: dict) -> Table:
+    """The CPU benchmark: every digits run with its stages, localisation and time per epoch."""
+    runs = [("baseline", "ViT (baseline, full image)"), ("baseline_equal_time", "ViT (baseline, the multistage model's wall-clock time)"),
+            ("multistage", "Ours (multistage)")]
+    runs += [(f"ablation/{v}", f"ablation: {v}") for v in VARIANTS if f"digits/ablation/{v}" in results]
+    rows = []
+    for key, label in runs:
+        r = results.get(f"digits/{key}")
+        if r is None and key == "baseline_equal_time":
+            continue
+        rows.append([label, *[r.get(k) if r else None for k, _ in STAGE_ROWS],
+                     r.get("box_recall") if r else None, r.get("box_iou") if r else None,
+                     r.get("epochs") if r else None, r.get("seconds_per_epoch") if r else None])
+    notes = ["Accuracy (%) on the test canvases at the final epoch. Box recall: share of test images whose "
+             "attention object box covers at least half of the digit's true box; box IoU: their mean IoU.",
+             NOT_MEASURED]
+    return Table("digits", "Cluttered digits: the method on a CPU",
+                 ["Run", "a (full image)", "b (object)", "c (parts)", "combined", "box recall", "box IoU",
+                  "epochs", "s / epoch"], rows, notes=notes)
+
+
+def build_tables(results: dict, datasets: list[str], ablation: dict[str, list[str]]) -> list[Table]:
+    """Table 1, the paper tables whose datasets this profile runs, the ablations and the digits table."""
+    pub = published()
+    tables = [table1(pub, results, datasets)]
+    for key in ("table2", "table3", "table4"):
+        if set(pub[key]["datasets"]) & set(datasets):
+            tables.append(paper_table(key, pub, results))
+    for d, variants in ablation.items():
+        tables.append(ablation_table(d, variants, results))
+    if "digits" in datasets:
+        tables.append(digits_table(results))
+    return tables
+
+
+# ---------------------------------------------------------------- writers
+def to_markdown(t: Table) -> str:
+    lines = [f"### {t.title}", "", "| " + " | ".join(t.columns) + " |",
+             "|" + "|".join(" --- " for _ in t.columns) + "|"]
+    for i, row in enumerate(t.rows):
+        if t.section is not None and i == t.section:
+            lines.append("| **This reproduction** |" + " |" * (len(t.columns) - 1))
+        cells = [_signed(v) if t.columns[j].startswith("Δ") else _fmt(v) for j, v in enumerate(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"- {n}" for n in t.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _tex_escape(s: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                 ("Δ", r"$\Delta$"), ("—", "---")):
+        s = s.replace(a, b)
+    return s
+
+
+def to_latex(t: Table) -> str:
+    align = "ll" + "r" * (len(t.columns) - 2)
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{align}}}", r"\toprule",
+             " & ".join(_tex_escape(c) for c in t.columns) + r" \\", r"\midrule"]
+    for i, row in enumerate(t.rows):
+        if t.section is not None and i == t.section:
+            lines += [r"\midrule", rf"\multicolumn{{{len(t.columns)}}}{{l}}{{\emph{{This reproduction}}}} \\"]
+        cells = [_tex_escape(_signed(v) if t.columns[j].startswith("Δ") else _fmt(v)) for j, v in enumerate(row)]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{_tex_escape(t.title)}}}",
+              rf"\label{{tab:{t.key}}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def write(tables: list[Table], markdown: Path, folder: Path, *, title: str, preamble: str = "") -> None:
+    from ..io import write_text
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for t in tables:
+        write_text(folder / f"{t.key}.tex", to_latex(t))
+        write_text(folder / f"{t.key}.csv", t.frame().to_csv(index=False))
+    body = "\n".join(to_markdown(t) for t in tables)
+    write_text(markdown, f"# {title}\n\n{preamble}{body}")
+
+
+def preamble(results: dict, datasets: list[str]) -> str:
+    """Where the numbers were measured, and for digits the benchmark's goals as measured."""
+    hardware = sorted({_hardware(r["hardware"]) for k, r in results.items() if isinstance(r, dict)
+                       and r.get("hardware")})
+    lines = [f"Generated by the `tables` stage from `metrics/` (see `dvc.yaml`). Measured on: "
+             f"{'; '.join(hardware) if hardware else MISSING}.", ""]
+    if "digits" in datasets:
+        base, ms = results.get("digits/baseline"), results.get("digits/multistage")
+        budget = results.get("digits/baseline_equal_time")
+        if base and ms:
+            gain = ms["accuracy"] - base["accuracy"]
+            lines += ["Goals of the CPU benchmark, as measured in this run:", "",
+                      f"- multistage combined vs baseline at equal epochs: {ms['accuracy']:.2f} vs "
+                      f"{base['accuracy']:.2f} = **{gain:+.2f} points** (goal: at least +10)",
+                      f"- object-box recall: **{ms.get('box_recall', 0):.3f}** (goal: at least 0.95), "
+                      f"mean box IoU {ms.get('box_iou', 0):.3f}"]
+            if budget:
+                lines.append(f"- baseline given the multistage model's wall-clock budget ({budget['epochs']} epochs,"
+                             f" {budget['train_seconds']:.0f} s vs {ms['train_seconds']:.0f} s): "
+                             f"{budget['accuracy']:.2f} ({ms['accuracy'] - budget['accuracy']:+.2f} for multistage)")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _hardware(h: dict) -> str:
+    device = h.get("gpu") or f"CPU {h.get('cpu', '?')}"
+    return f"{device}, {h.get('cores', '?')} cores, {h.get('threads', '?')} torch threads, torch {h.get('torch', '?')}"
