@@ -1,0 +1,124 @@
+"""`vitfgvc predict`: a trained model on a user's own images, with the attention explanation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from vitfgvc.cli import main as cli_main
+
+from .conftest import subprocess_env, train_in_process
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(workspace, tmp_path_factory):
+    import torch
+
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    out = tmp_path_factory.mktemp("predict")
+    _, paths, _ = train_in_process(workspace, out, "dogs", "multistage")
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(det)
+    return paths
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vitfgvc.cli", *args], capture_output=True, text=True,
+                          env=subprocess_env(), timeout=300)
+
+
+def test_predictions_equal_the_evaluation(trained):
+    evaluation = pd.read_csv(trained.model_dir / "predictions.csv")
+    images = [str(trained.data / p) for p in evaluation["image"]]
+    proc = run_cli("predict", str(trained.model_dir), *images, "--json", "--top-k", "3")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    assert [r["image"] for r in results] == images
+    for r, (_, row) in zip(results, evaluation.iterrows()):
+        assert r["top_k"][0]["label"] == row["pred_combined"]
+        assert r["top_k"][0]["prob"] == pytest.approx(row["prob_combined"], abs=1e-5)
+        for stage in ("a", "b", "c"):
+            best = max(r["stages"][stage], key=lambda t: t["prob"])
+            if best["label"] == row[f"pred_{stage}"]:  # among the combined top-3
+                assert best["prob"] == pytest.approx(row[f"prob_{stage}"], abs=1e-5)
+
+
+def test_json_holds_k_classes_per_image_and_stage(trained):
+    folder = trained.data / "images"
+    proc = run_cli("predict", str(trained.model_dir), str(folder), "--json", "--top-k", "2")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    assert len(results) == len(pd.read_csv(trained.data / "manifest.csv"))
+    for r in results:
+        assert len(r["top_k"]) == 2 and sum(t["prob"] for t in r["top_k"]) <= 1 + 1e-6
+        assert r["top_k"][0]["prob"] >= r["top_k"][1]["prob"]
+        assert {t["class_name"] for t in r["top_k"]} <= {"Chihuahua", "Japanese_spaniel", "Maltese_dog"}
+        assert set(r["stages"]) == {"a", "b", "c"}
+        assert all(len(v) == 2 and sum(t["prob"] for t in v) <= 1 + 1e-6 for v in r["stages"].values())
+
+
+def test_any_mode_format_and_size_folders_globs_and_explain(trained, tmp_path, capsys):
+    src = Image.open(next((trained.data / "images").rglob("*.jpg"))).convert("RGB")
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    src.convert("RGBA").save(tmp_path / "in/rgba.png")
+    src.convert("P").save(tmp_path / "in/palette.png")
+    src.convert("L").resize((500, 90)).save(tmp_path / "in/sub/gray.webp")
+    src.convert("CMYK").save(tmp_path / "in/sub/cmyk.jpg")
+    src.resize((7, 300)).save(tmp_path / "tall.jpg")
+    code = cli_main(["predict", str(trained.model_dir), str(tmp_path / "in"), str(tmp_path / "*.jpg"),
+                     "--explain", str(tmp_path / "why"), "--top-k", "3"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for name in ("rgba.png", "palette.png", "gray.webp", "cmyk.jpg", "tall.jpg"):
+        assert name in out
+    assert "combined" in out and "b (object)" in out and "c (parts)" in out
+    pngs = sorted(p.name for p in (tmp_path / "why").iterdir())
+    assert pngs == ["cmyk.png", "gray.png", "palette.png", "rgba.png", "tall.png"]
+    with Image.open(tmp_path / "why/gray.png") as im:
+        im.load()
+        assert im.size[0] > 500 and np.asarray(im).std() > 10  # a real figure, not a blank canvas
+
+
+def test_unreadable_files_are_reported_and_the_rest_processed(trained, tmp_path):
+    good = next((trained.data / "images").rglob("*.jpg"))
+    shutil.copy(good, tmp_path / "good.jpg")
+    (tmp_path / "notes.jpg").write_text("this is a text file named .jpg")
+    (tmp_path / "broken.jpg").write_bytes(good.read_bytes()[: len(good.read_bytes()) // 3])
+    proc = run_cli("predict", str(trained.model_dir), str(tmp_path / "notes.jpg"), str(tmp_path / "good.jpg"),
+                   str(tmp_path / "broken.jpg"), str(tmp_path / "missing.jpg"), "--json")
+    assert proc.returncode == 1
+    results = {Path(r["image"]).name: r for r in json.loads(proc.stdout)}
+    assert "top_k" in results["good.jpg"]
+    assert "not an image" in results["notes.jpg"]["error"]
+    assert "cannot decode" in results["broken.jpg"]["error"]
+    assert "no such file" in results["missing.jpg"]["error"]
+    for name in ("notes.jpg", "broken.jpg", "missing.jpg"):
+        assert f"{name}: " in proc.stderr
+
+
+def test_a_baseline_directory_predicts_its_one_stage(workspace, tmp_path, torch_state):
+    _, paths, _ = train_in_process(workspace, tmp_path, "digits", "baseline")
+    image = next((workspace / "data/prepared/digits/images").rglob("*.jpg"))
+    code = cli_main(["predict", str(paths.model_dir), str(image), "--json", "--top-k", "10"])
+    assert code == 0
+
+
+def test_a_folder_that_is_not_a_model_directory(tmp_path, capsys):
+    assert cli_main(["predict", str(tmp_path), str(tmp_path)]) == 2
+    assert "not a trained model directory (missing model.safetensors, config.yaml, classes.csv" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).with_name("vitfgvc")
+    proc = subprocess.run([str(script), "predict", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "--explain" in proc.stdout
