@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from vitfgvc.attention import rollout
 from vitfgvc.localize import crop_resize, object_boxes, part_boxes
@@ -46,10 +47,15 @@ def _stats(times: list[float]) -> dict[str, float]:
     return {"median": statistics.median(times), "min": min(times), "max": max(times)}
 
 
-def localise(attn: list[torch.Tensor], num_prefix_tokens: int, grid: tuple[int, int], part_grid: int = 128):
-    """The multistage localisation with the default params: object boxes ``[B, 4]``, part boxes ``[B, 2, 4]``."""
+def localise(attn: list[torch.Tensor], num_prefix_tokens: int, grid: tuple[int, int], part_grid: int = 128,
+             map_size: int = 448):
+    """The multistage localisation with the paper profile's params: object boxes ``[B, 4]``, part boxes ``[B, 2, 4]``.
+
+    As the model: the rollout map is upsampled to ``map_size`` before the object box is found on it.
+    """
     maps = rollout(attn, num_prefix_tokens=num_prefix_tokens, grid=grid)
-    obj = object_boxes(maps)
+    fine = F.interpolate(maps.unsqueeze(1), size=(map_size, map_size), mode="bilinear", align_corners=False)
+    obj = object_boxes(fine.squeeze(1))
     obj_maps = crop_resize(maps.unsqueeze(1), obj, part_grid).squeeze(1)
     return obj, part_boxes(obj_maps)
 

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .conftest import ROOT, subprocess_env
+from vitfgvc.workspace import copy_project, environment
 
-
-def project_files() -> list[str]:
-    """The working tree as git sees it: tracked and untracked files, not the ignored ones."""
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
-                         capture_output=True, check=True)
-    return [f for f in out.stdout.decode().split("\0") if f and (ROOT / f).is_file()]
+from .conftest import ROOT
 
 
 @dataclass
@@ -51,23 +45,10 @@ def stages_run(output: str) -> list[str]:
 
 def make_project(dest: Path, profile: str = "params-smoke.yaml", *, fixtures: bool = True) -> Project:
     """Copy the project into ``dest`` with ``profile`` as its params.yaml; git + DVC initialised."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for rel in project_files():
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, target)
-    shutil.copy2(ROOT / profile, dest / "params.yaml")
-    env = subprocess_env(DVC_SITE_CACHE_DIR=str(dest.parent / f"{dest.name}-dvc-site"),
-                         GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
-                         GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com")
+    env = environment(DVC_SITE_CACHE_DIR=str(dest.parent / f"{dest.name}-dvc-site"))
     env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("DVC_ROOT", None)
-    project = Project(dest, env)
     if fixtures:
-        project.run(sys.executable, "-m", "tests.fixtures", "data/fixtures")
-    project.run("git", "init", "-q", "-b", "main")
-    project.dvc("init", "-q")
-    project.dvc("config", "core.autostage", "true")
-    project.run("git", "add", "-A")
-    project.run("git", "commit", "-qm", "project")
-    return project
+        subprocess.run([sys.executable, "-m", "tests.fixtures", str(dest / "data/fixtures")], cwd=ROOT, env=env,
+                       check=True, capture_output=True)
+    copy_project(ROOT, dest, profile, env=env)
+    return Project(dest, env)
