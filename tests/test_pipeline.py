@@ -169,4 +169,4 @@ def test_full_profile_resolves_the_paper_dag(tmp_path):
 
 def test_cpu_profile_resolves(tmp_path):
     ran = resolve(tmp_path / "cpu", "params-cpu.yaml")
-    assert "baseline_equal_time@digits" in ran and "ablate@digits-no_parts" in ran
+    assert "baseline_equal_time@digits" in ran and "ablate@digits-no_object" in ran
