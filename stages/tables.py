@@ -17,7 +17,7 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     params = load_params(args.params)
-    results = load_results(Path("metrics"))
+    results = load_results(Path("metrics"), params)
     datasets = params.pipeline.datasets
     tables = build_tables(results, datasets, {d: params.ablation.variants for d in params.ablation.datasets})
     title = ("CPU benchmark: the method on cluttered digits" if datasets == ["digits"]

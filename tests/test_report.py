@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
 from vitfgvc.config import Params, VARIANTS
-from vitfgvc.report.tables import build_tables, preamble, published, to_latex, to_markdown, write
+from vitfgvc.report.tables import build_tables, load_results, preamble, published, to_latex, to_markdown, write
 from vitfgvc.training import equal_time_config
 
 from .conftest import smoke_params
@@ -92,3 +94,21 @@ def test_equal_time_baseline_scales_its_epochs():
     long = equal_time_config(cfg, {"train_seconds": 430.0}, {"train_seconds": 100.0})
     assert (long.train.epochs_frozen, long.train.epochs, long.variant) == (9, 43, "equal_time")
     assert long.run_name == "dogs/baseline/equal_time"
+
+
+def test_metrics_of_runs_the_params_no_longer_configure_are_not_reported(tmp_path):
+    """DVC keeps a dropped stage's metrics file on disk: the tables read only the configured runs."""
+    params = Params.model_validate(smoke_params(**{"pipeline.datasets": ["digits"], "pipeline.equal_time": [],
+                                                   "ablation.datasets": ["digits"],
+                                                   "ablation.variants": ["no_erase"]}))
+    for key in ("prepare/digits", "digits/baseline", "digits/multistage", "digits/ablation/no_erase",
+                "digits/ablation/no_parts", "digits/baseline_equal_time", "dogs/baseline"):
+        path = tmp_path / f"{key}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"classes": 10, "train": 30, "val": 0, "test": 10} if key.startswith("prepare/") else run(50.0, 50.0)
+        path.write_text(json.dumps(data))
+    results = load_results(tmp_path, params)
+    assert sorted(results) == ["digits/ablation/no_erase", "digits/baseline", "digits/multistage", "prepare/digits"]
+    digits = {t.key: t for t in build_tables(results, ["digits"], {"digits": ["no_erase"]})}["digits"]
+    assert [row[0] for row in digits.rows] == ["ViT (baseline, full image)", "Ours (multistage)",
+                                               "ablation: no_erase"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from ..config import VARIANTS
+from ..config import VARIANTS, Params
 
 DATASET_TITLES = {"cub": "CUB-200-2011", "dogs": "Stanford Dogs", "cars": "Stanford Cars",
                   "plant": "Plant Pathology 2020", "digits": "Cluttered digits"}
@@ -47,10 +47,23 @@ class Table:
 
 
 # ---------------------------------------------------------------- the results
-def load_results(metrics: Path) -> dict[str, dict]:
-    """``{"dogs/baseline": {...}, "dogs/ablation/no_erase": {...}, "prepare/dogs": {...}}``."""
-    return {str(p.relative_to(metrics).with_suffix("")): json.loads(p.read_text())
-            for p in sorted(metrics.rglob("*.json"))}
+def load_results(metrics: Path, params: Params) -> dict[str, dict]:
+    """``{"dogs/baseline": {...}, "dogs/ablation/no_erase": {...}, "prepare/dogs": {...}}``.
+
+    Only the runs ``params`` configures that have metrics: DVC leaves the metrics of a
+    stage that left the pipeline (a dropped ablation variant, say) where they were, and
+    the tables must not report them.
+    """
+    paths = (metrics / f"{key}.json" for key in configured_runs(params))
+    return {str(p.relative_to(metrics).with_suffix("")): json.loads(p.read_text()) for p in paths if p.is_file()}
+
+
+def configured_runs(params: Params) -> list[str]:
+    """The metrics keys (paths under ``metrics/`` without ``.json``) of every run ``params`` configures."""
+    return [*(f"prepare/{d}" for d in params.pipeline.datasets),
+            *(f"{d}/{m}" for d in params.pipeline.datasets for m in ("baseline", "multistage")),
+            *(f"{d}/baseline_equal_time" for d in params.pipeline.equal_time),
+            *(f"{d}/ablation/{v}" for d in params.ablation.datasets for v in params.ablation.variants)]
 
 
 def _fmt(value, digits: int = 2) -> str:
