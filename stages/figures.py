@@ -10,13 +10,12 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from vitfgvc.config import load_params
 from vitfgvc.data.loader import Manifest, ManifestDataset
 from vitfgvc.errors import run_main
 from vitfgvc.inference import load_model_dir
-from vitfgvc.viz import explain, grid_figure, select
+from vitfgvc.viz import erase_threshold, explain_items, grid_figure, select
 
 
 def main() -> None:
@@ -33,14 +32,9 @@ def main() -> None:
         loaded = load_model_dir(f"models/{dataset}/multistage")
         test = ManifestDataset(Manifest.read(f"data/prepared/{dataset}"), "test", loaded.input_size, train=False)
         picks = np.linspace(0, len(test) - 1, min(params.figures.images, len(test))).round().astype(int)
-        items = [test[int(i)] for i in picks]
-        images = torch.stack([it[0] for it in items])
-        result = explain(loaded.model, images)
-        pred = result.probabilities()["combined"].argmax(1)
-        for k, (item, p) in enumerate(zip(items, pred)):
-            true, guess = loaded.classes[item[1]], loaded.classes[int(p)]
-            fig = grid_figure(images[k:k + 1], select(result, k), [f"true: {true}\npredicted: {guess}"],
-                              erase_threshold=loaded.cfg.aug.erase_threshold)
+        images, result, titles = explain_items(loaded.model, test, picks, loaded.classes)
+        for k, title in enumerate(titles):
+            fig = grid_figure(images[k:k + 1], select(result, k), [title], erase_threshold=erase_threshold(loaded.cfg))
             fig.savefig(out / f"{dataset}_{k + 1}.png", dpi=params.figures.dpi)
             written += 1
     print(f"figures: {written} PNGs in {out}/")

@@ -84,7 +84,7 @@ def predict(model_dir: str, inputs: list[str], *, top_k: int = 5, explain: str |
 
     from .inference import load_model_dir
     from .viz import explain as explain_batch
-    from .viz import grid_figure, select
+    from .viz import erase_threshold, grid_figure, select
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -126,7 +126,7 @@ def predict(model_dir: str, inputs: list[str], *, top_k: int = 5, explain: str |
                 best = pred.top_k[0]
                 fig = grid_figure(batch[i:i + 1].cpu(), select(out, i),
                                   [f"{path.name}\n{best['class_name']} ({best['prob']:.2f})"],
-                                  erase_threshold=loaded.cfg.aug.erase_threshold if loaded.cfg.aug else 0.7)
+                                  erase_threshold=erase_threshold(loaded.cfg))
                 fig.savefig(out_dir / f"{name}.png", dpi=100)
     bar.close()
     order = {str(p): i for i, p in enumerate(paths)}

@@ -16,11 +16,18 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from .augment import attention_erase
+from .config import AugSection, RunConfig
 from .data.loader import denormalize
 from .localize import crop_resize
 from .multistage import StageOutput
 
 PART_COLORS = ["#00e5ff", "#ffea00", "#76ff03", "#ff4081", "#b388ff"]
+DEFAULT_ERASE_THRESHOLD = AugSection().erase_threshold
+
+
+def erase_threshold(cfg: RunConfig) -> float:
+    """The threshold a figure shows erasing at: the run's own, or the default for a baseline (no ``aug``)."""
+    return cfg.aug.erase_threshold if cfg.aug is not None else DEFAULT_ERASE_THRESHOLD
 
 
 def _rgb(x: torch.Tensor) -> np.ndarray:
@@ -48,7 +55,7 @@ def panels(out: StageOutput) -> list[str]:
 
 
 def draw_row(axes, image_hi: torch.Tensor, out: StageOutput, i: int, *, title: str = "",
-             erase_threshold: float = 0.7) -> None:
+             erase_threshold: float = DEFAULT_ERASE_THRESHOLD) -> None:
     """Fill ``axes`` (one per :func:`panels` entry) for image ``i`` of the batch ``out`` came from."""
     img = _rgb(image_hi)
     h, w = img.shape[:2]
@@ -102,8 +109,8 @@ def explain(model, images_hi: torch.Tensor) -> StageOutput:
         model.train(was)
 
 
-def grid_figure(images_hi: torch.Tensor, out: StageOutput, titles: list[str], *, erase_threshold: float = 0.7,
-                panel: float = 2.2) -> Figure:
+def grid_figure(images_hi: torch.Tensor, out: StageOutput, titles: list[str], *,
+                erase_threshold: float = DEFAULT_ERASE_THRESHOLD, panel: float = 2.2) -> Figure:
     names = panels(out)
     n = images_hi.shape[0]
     fig = Figure(figsize=(panel * len(names), panel * n + 0.2), layout="constrained")
@@ -120,16 +127,21 @@ def _to_cpu(out: StageOutput) -> StageOutput:
                        cpu(out.part_boxes))
 
 
-def sample_figure(model, ds, classes: list[str], n: int = 4) -> Figure:
-    """The first ``n`` images of ``ds`` (an evaluation dataset) explained by ``model``."""
+def explain_items(model, ds, indices, classes: list[str]) -> tuple[torch.Tensor, StageOutput, list[str]]:
+    """Items ``indices`` of an evaluation dataset explained by ``model``: the images, the output, a title each."""
     device = next(model.parameters()).device
-    items = [ds[i] for i in range(min(n, len(ds)))]
+    items = [ds[int(i)] for i in indices]
     images = torch.stack([it[0] for it in items])
     out = explain(model, images.to(device))
     pred = out.probabilities()["combined"].argmax(1).cpu()
-    titles = [f"true: {classes[it[1]]}\npred: {classes[int(p)]}" for it, p in zip(items, pred)]
-    threshold = model.cfg.aug.erase_threshold if getattr(model.cfg, "aug", None) else 0.7
-    return grid_figure(images, out, titles, erase_threshold=threshold)
+    titles = [f"true: {classes[it[1]]}\npredicted: {classes[int(p)]}" for it, p in zip(items, pred)]
+    return images, out, titles
+
+
+def sample_figure(model, ds, classes: list[str], n: int = 4) -> Figure:
+    """The first ``n`` images of ``ds`` (an evaluation dataset) explained by ``model``, in one figure."""
+    images, out, titles = explain_items(model, ds, range(min(n, len(ds))), classes)
+    return grid_figure(images, out, titles, erase_threshold=erase_threshold(model.cfg))
 
 
 def confusion_figure(cm: pd.DataFrame, *, title: str = "") -> Figure:
