@@ -69,20 +69,25 @@ def predict(model, loader, device: torch.device, autocast) -> Predictions:
                        np.concatenate(obj) if obj else None)
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise IoU of ``[N, 4]`` boxes ``(x0, y0, x1, y1)``."""
+def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
     ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
-    inter = iw * ih
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a) + area(b) - inter, 1e-12)
+    return iw * ih
+
+
+def _area(x: np.ndarray) -> np.ndarray:
+    return (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise IoU of ``[N, 4]`` boxes ``(x0, y0, x1, y1)``."""
+    inter = _intersection(a, b)
+    return inter / np.maximum(_area(a) + _area(b) - inter, 1e-12)
 
 
 def box_coverage(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     """Share of each true box covered by the predicted box."""
-    iw = np.clip(np.minimum(pred[:, 2], true[:, 2]) - np.maximum(pred[:, 0], true[:, 0]), 0, None)
-    ih = np.clip(np.minimum(pred[:, 3], true[:, 3]) - np.maximum(pred[:, 1], true[:, 1]), 0, None)
-    return iw * ih / np.maximum((true[:, 2] - true[:, 0]) * (true[:, 3] - true[:, 1]), 1e-12)
+    return _intersection(pred, true) / np.maximum(_area(true), 1e-12)
 
 
 def metrics(pred: Predictions, classes: list[str], *, auc: bool = False) -> dict:

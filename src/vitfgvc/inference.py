@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import torch
 from PIL import Image
 
 from .config import ParamsError, RunConfig
-from .data.loader import eval_image
+from .data.loader import eval_image, read_classes
 from .data.prepare import target_size
 from .errors import UserError
 from .multistage import Baseline, MultiStage, build
@@ -61,7 +60,7 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
         cfg = RunConfig.from_yaml(path / "config.yaml")
     except ParamsError as exc:
         raise ModelDirError(str(exc)) from None
-    classes = pd.read_csv(path / "classes.csv").sort_values("label")["class_name"].astype(str).tolist()
+    classes = read_classes(path / "classes.csv")
     model = build(cfg, len(classes), load_pretrained=False)
     try:
         model.net.load_state_dict(load_file(str(path / "model.safetensors")))

@@ -481,11 +481,12 @@ def _write_outputs(cfg: RunConfig, paths: RunPaths, model, manifest: Manifest, t
     shutil.rmtree(paths.model_dir, ignore_errors=True)
     tmp.rename(paths.model_dir)
 
+    seconds = sum(r["seconds"] for r in history)
     result = {"dataset": cfg.dataset, "model": cfg.model, "variant": cfg.variant, "backbone": cfg.backbone.name,
               **evaluate.metrics(test, classes, auc=cfg.dataset == "plant"),
               "epochs": len(history),
-              "train_seconds": round(sum(r["seconds"] for r in history), 2),
-              "seconds_per_epoch": round(sum(r["seconds"] for r in history) / max(len(history), 1), 3),
+              "train_seconds": round(seconds, 2),
+              "seconds_per_epoch": round(seconds / max(len(history), 1), 3),
               "train_images_per_s": round(float(np.mean([r["images_per_s"] for r in history])), 2)
               if history else None,
               "final_train_loss": history[-1]["train_loss"] if history else None,

@@ -33,6 +33,11 @@ class ManifestError(UserError, ValueError):
     pass
 
 
+def read_classes(path: Path) -> list[str]:
+    """The class names of a ``classes.csv`` (``label,class_name``), in label order."""
+    return pd.read_csv(path).sort_values("label")["class_name"].astype(str).tolist()
+
+
 @dataclass(frozen=True)
 class Manifest:
     root: Path
@@ -49,8 +54,7 @@ class Manifest:
         missing = {"image", "label", "class_name", "split", "x0", "y0", "x1", "y1", "width", "height"} - set(table)
         if missing:
             raise ManifestError(f"{path}: missing columns {sorted(missing)}")
-        classes = pd.read_csv(root / "classes.csv").sort_values("label")["class_name"].astype(str).tolist()
-        return cls(root, table, classes)
+        return cls(root, table, read_classes(root / "classes.csv"))
 
     def split(self, name: str) -> pd.DataFrame:
         return self.table[self.table["split"] == name].reset_index(drop=True)
