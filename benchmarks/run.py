@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # benchmarks.profile
 
 import bench_attention  # noqa: E402
 import bench_prepare  # noqa: E402
@@ -47,15 +48,13 @@ def noop_repro(repeats: int) -> dict:
     """Run the smoke pipeline stage by stage (timing each), then time no-op ``dvc repro`` runs."""
     import subprocess
 
-    from vitfgvc.workspace import copy_project, environment
+    from benchmarks.profile import PROFILES, environment, sync
 
     with tempfile.TemporaryDirectory() as tmp:
         dest = Path(tmp) / "repo"
         env = environment(DVC_SITE_CACHE_DIR=str(Path(tmp) / "site"))
         env.pop("MLFLOW_TRACKING_URI", None)
-        subprocess.run([sys.executable, "-m", "tests.fixtures", str(dest / "data/fixtures")], cwd=ROOT, env=env,
-                       check=True, capture_output=True)
-        copy_project(ROOT, dest, "params-smoke.yaml", env=env)
+        sync(dest, PROFILES["smoke"], env)
         stages = {}
         for stage in pipeline_order(ROOT / "params-smoke.yaml"):
             start = time.perf_counter()

@@ -3,7 +3,7 @@
 For every dataset, ``figures.images`` test images (spread over the test split):
 the input with the object box and the part boxes, the attention map over it, the
 image after attention erasing, the object crop with its attention, and the part
-crops; one PNG per image in ``reports/figures/``.
+crops; one PNG per image in ``<report.dir>/figures/``.
 """
 
 import argparse
@@ -23,7 +23,7 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     params = load_params(args.params)
-    out = Path("reports/figures")
+    out = Path(params.report.dir) / "figures"
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):
         old.unlink()

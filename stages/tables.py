@@ -1,7 +1,7 @@
 """DVC stage ``tables``: the paper's Tables 1-4 and the ablations, from ``metrics/``.
 
-Writes ``report.markdown`` (``reports/tables.md``; the CPU profile's
-``reports/cpu_benchmark.md``) and ``reports/tables/<table>.tex`` and ``.csv``.
+Writes ``<report.dir>/tables.md`` and ``<report.dir>/tables/<table>.tex`` and ``.csv``
+(``report.dir`` is ``reports`` for the paper profile, ``reports/cpu`` for the CPU profile).
 """
 
 import argparse
@@ -22,9 +22,9 @@ def main() -> None:
     tables = build_tables(results, datasets, {d: params.ablation.variants for d in params.ablation.datasets})
     title = ("CPU benchmark: the method on cluttered digits" if datasets == ["digits"]
              else "Exploring Vision Transformers for Fine-grained Classification: reproduced tables")
-    write(tables, Path(params.report.markdown), Path("reports/tables"), title=title,
-          preamble=preamble(results, datasets))
-    print(f"tables: {len(tables)} tables -> {params.report.markdown} and reports/tables/")
+    out = Path(params.report.dir)
+    write(tables, out / "tables.md", out / "tables", title=title, preamble=preamble(results, datasets))
+    print(f"tables: {len(tables)} tables -> {out / 'tables.md'} and {out / 'tables'}/")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""A throw-away git + DVC copy of the project, for running the real pipeline in tests."""
+"""A throw-away copy of the project, made as ``benchmarks/profile.py`` makes it, for running the real pipeline."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vitfgvc.workspace import copy_project, environment
+from benchmarks.profile import PROFILES, Profile, environment, sync
 
 from .conftest import ROOT
 
@@ -43,12 +43,9 @@ def stages_run(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
 
-def make_project(dest: Path, profile: str = "params-smoke.yaml", *, fixtures: bool = True) -> Project:
-    """Copy the project into ``dest`` with ``profile`` as its params.yaml; git + DVC initialised."""
+def make_project(dest: Path, profile: str | Profile = "smoke") -> Project:
+    """The copy ``python benchmarks/profile.py <profile>`` makes, in ``dest`` (a profile name or a :class:`Profile`)."""
     env = environment(DVC_SITE_CACHE_DIR=str(dest.parent / f"{dest.name}-dvc-site"))
     env.pop("MLFLOW_TRACKING_URI", None)
-    if fixtures:
-        subprocess.run([sys.executable, "-m", "tests.fixtures", str(dest / "data/fixtures")], cwd=ROOT, env=env,
-                       check=True, capture_output=True)
-    copy_project(ROOT, dest, profile, env=env)
+    sync(dest, PROFILES[profile] if isinstance(profile, str) else profile, env, ROOT)
     return Project(dest, env)

@@ -23,7 +23,9 @@ import yaml
 from vitfgvc.config import VARIANTS
 
 from .conftest import ROOT
-from .pipeline import make_project, stages_run
+from benchmarks.profile import environment
+
+from .pipeline import Project, make_project, stages_run
 
 pytestmark = pytest.mark.slow
 
@@ -151,22 +153,28 @@ def test_mlflow_server_lists_every_training_run(smoke):
     assert set(VARIANTS) >= {v for _, _, v in seen if v}
 
 
-def resolve(folder, profile: str) -> list[str]:
-    """The stages ``dvc status`` finds to run for ``profile`` in a fresh copy (nothing runs)."""
-    project = make_project(folder, profile, fixtures=False)
-    proc = project.dvc("status", "--json")
+def fresh_clone(dest) -> Project:
+    """A plain ``git clone`` of this repository: what a new user starts from (nothing set up by hand)."""
+    env = environment(DVC_SITE_CACHE_DIR=str(dest.parent / "dvc-site"))
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], env=env, check=True, capture_output=True)
+    return Project(dest, env)
+
+
+def test_a_fresh_clone_is_a_dvc_project_with_the_paper_dag(tmp_path):
+    project = fresh_clone(tmp_path / "clone")
+    assert (project.root / ".dvc/config").is_file() and (project.root / ".dvcignore").is_file()
+    stages = sorted(json.loads(project.dvc("status", "--json").stdout))  # every stage: nothing has run yet
+    assert stages == sorted(sum(expected_stages("params.yaml").values(), []))
+    assert len([s for s in stages if s.startswith(("baseline@", "multistage@"))]) == 8
+    assert len([s for s in stages if s.startswith("ablate@dogs-")]) == 10 and len(stages) == 28
+    dag = project.dvc("dag", "--md").stdout
+    assert "download@cub" in dag and "tables" in dag
+    assert project.dvc("exp", "show", "--no-pager", "--csv").returncode == 0
     assert not (project.root / "data").exists()
-    stages = sorted(json.loads(proc.stdout))
-    assert stages == sorted(sum(expected_stages(profile).values(), []))
-    return stages
-
-
-def test_full_profile_resolves_the_paper_dag(tmp_path):
-    ran = resolve(tmp_path / "full", "params.yaml")
-    assert len([s for s in ran if s.startswith(("baseline@", "multistage@"))]) == 8
-    assert len([s for s in ran if s.startswith("ablate@dogs-")]) == 10 and len(ran) == 28
 
 
 def test_cpu_profile_resolves(tmp_path):
-    ran = resolve(tmp_path / "cpu", "params-cpu.yaml")
-    assert "baseline_equal_time@digits" in ran and "ablate@digits-no_object" in ran
+    project = make_project(tmp_path / "cpu", "cpu")
+    stages = sorted(json.loads(project.dvc("status", "--json").stdout))
+    assert stages == sorted(sum(expected_stages("params-cpu.yaml").values(), []))
+    assert "baseline_equal_time@digits" in stages and "ablate@digits-no_object" in stages

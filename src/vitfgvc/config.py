@@ -262,7 +262,7 @@ class FiguresSection(Section):
 
 
 class ReportSection(Section):
-    markdown: str = "reports/tables.md"
+    dir: str = Field(default="reports", description="the profile's own report folder: tables.md, tables/, figures/")
 
 
 class Params(Section):

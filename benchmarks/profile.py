@@ -1,0 +1,123 @@
+"""Run a params profile through DVC in a throw-away clone of the project.
+
+``dvc repro`` always reads ``params.yaml``, so a profile other than the paper's runs in
+a copy of the project with the profile in that place; the project's own ``params.yaml``
+and ``dvc.lock`` are never touched. The copy holds the working tree as git sees it
+(tracked and untracked files, not the ignored ones: the committed ``.dvc/`` set-up
+included, nothing initialised by hand), committed to a fresh git repository so that
+``dvc exp run`` works there too. It is kept, so running the same command again only
+re-runs what changed, and a killed run resumes.
+
+    python benchmarks/profile.py smoke    # CI's pipeline: miniature archives, a tiny ViT (about 10 min on 2 cores)
+    python benchmarks/profile.py cpu      # the CPU benchmark on cluttered digits (about 20 min on 2 cores)
+
+The test suite's pipeline tests build their copies with :func:`sync`, as this command does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Profile:
+    params: str                 # the params file that becomes the copy's params.yaml
+    about: str
+    fixtures: bool = False      # write the miniature original archives into the copy's data/fixtures
+    reports: str | None = None  # a folder the pipeline writes, copied back into this project when done
+
+
+PROFILES = {
+    "smoke": Profile("params-smoke.yaml", "every stage on miniature archives in the original formats (CI)",
+                     fixtures=True),
+    "cpu": Profile("params-cpu.yaml", "the method on cluttered digits, a small ViT from scratch",
+                   reports="reports/cpu"),
+}
+
+
+def project_files(root: Path) -> list[str]:
+    """The working tree as git sees it: tracked and untracked files, not the ignored ones."""
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=root,
+                         capture_output=True, check=True)
+    return [f for f in out.stdout.decode().split("\0") if f and (root / f).is_file()]
+
+
+def environment(**extra: str) -> dict[str, str]:
+    """This interpreter's folder first on PATH, DVC analytics off, a git identity for the copy's commits."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    for key in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
+        env.setdefault(key, "vitfgvc")
+    for key in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
+        env.setdefault(key, "vitfgvc@localhost")
+    env.pop("DVC_ROOT", None)  # set when this runs inside a DVC stage: the copy is its own project
+    env.update(extra)
+    return env
+
+
+def sync(dest: Path, profile: Profile, env: dict[str, str], root: Path = ROOT) -> None:
+    """Create or refresh the copy in ``dest``: the project's files, ``profile.params`` as params.yaml, committed.
+
+    Files the project no longer has are removed from the copy; outputs the copy's own
+    pipeline wrote (git-ignored there) stay, so DVC decides what to re-run.
+    """
+    def git(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *cmd], cwd=dest, env=env, check=check, capture_output=True, text=True)
+
+    dest.mkdir(parents=True, exist_ok=True)
+    if not (dest / ".git").exists():
+        git("init", "-q", "-b", "main")
+    wanted = project_files(root)
+    for rel in set(project_files(dest)) - set(wanted) - {"params.yaml"}:
+        (dest / rel).unlink()
+    for rel in wanted:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, target)
+    shutil.copy2(root / profile.params, dest / "params.yaml")
+    if profile.fixtures:
+        subprocess.run([sys.executable, "-m", "tests.fixtures", str(dest / "data/fixtures")], cwd=root, env=env,
+                       check=True, capture_output=True)
+    git("add", "-A")
+    git("commit", "-qm", f"project with {profile.params} as params.yaml", check=False)  # nothing new: no commit
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("profile", choices=sorted(PROFILES),
+                    help="; ".join(f"{k}: {p.params}, {p.about}" for k, p in PROFILES.items()))
+    ap.add_argument("--dir", help="where the copy lives (default .profiles/<profile>, git-ignored)")
+    ap.add_argument("--fresh", action="store_true", help="delete the copy first and run everything from scratch")
+    args = ap.parse_args()
+    profile = PROFILES[args.profile]
+    dest = Path(args.dir).resolve() if args.dir else ROOT / ".profiles" / args.profile
+    if args.fresh:
+        shutil.rmtree(dest, ignore_errors=True)
+    env = environment()
+    env.pop("MLFLOW_TRACKING_URI", None)  # the copy logs into its own store
+    sync(dest, profile, env)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=dest, env=env)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"{args.profile}: dvc repro failed in {dest} (exit {proc.returncode}); run the same command again "
+                 "to resume")
+    print(f"{args.profile}: pipeline done in {seconds:.0f} s in {dest}")
+    if profile.reports:
+        shutil.rmtree(ROOT / profile.reports, ignore_errors=True)
+        shutil.copytree(dest / profile.reports, ROOT / profile.reports)
+        print(f"{args.profile}: {profile.reports}/ copied into {ROOT}")
+
+
+if __name__ == "__main__":
+    main()
