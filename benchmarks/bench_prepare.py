@@ -3,7 +3,7 @@
 Builds a CUB-200-2011-shaped tree of ``--images`` photo-like 500x375 JPEGs (CUB's
 typical size), then measures, in the same run and over ``--repeats`` repeats:
 
-- ``prepare("cub", ...)`` with ``prepare.workers`` processes (parse, decode, convert,
+- ``prepare("cub", ...)`` with ``runtime.prepare_workers`` processes (parse, decode, convert,
   resize to the 448 px high-res size, save, manifest, splits);
 - a bare single-process loop: ``Image.open -> convert("RGB") -> resize -> save``.
 
@@ -67,7 +67,7 @@ def measure(images: int = 400, workers: int = 2, repeats: int = 3, high_res: int
 
     params_path = Path(__file__).resolve().parents[1] / "params.yaml"
     data = yaml.safe_load(params_path.read_text())
-    data["prepare"]["workers"] = workers
+    data["runtime"]["prepare_workers"] = workers
     data["datasets"]["cub"]["high_res"] = high_res
     params = Params.model_validate(data)
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,7 +91,7 @@ def markdown(r: dict) -> str:
         return f"| {name} | {statistics.median(values):.0f} | {min(values):.0f} | {max(values):.0f} |"
 
     return "\n".join([
-        f"{r['images']} JPEGs of 500x375 px -> longer side 448, prepare.workers = {r['workers']}",
+        f"{r['images']} JPEGs of 500x375 px -> longer side 448, runtime.prepare_workers = {r['workers']}",
         "",
         "| images/s | median | min | max |",
         "| --- | --- | --- | --- |",

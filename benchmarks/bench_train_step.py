@@ -29,7 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def _config(model: str, erase_p: float, name: str, img_size: int, high_res: int, kwargs: dict):
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
     data["model"].update(name=name, pretrained=False, img_size=img_size, kwargs=kwargs)
-    data["train"]["grad_checkpointing"] = False
     data["aug"]["erase_p"] = erase_p
     data["datasets"]["cub"]["high_res"] = high_res
     return Params.model_validate(data).run_config("cub", model)

@@ -16,7 +16,7 @@ def main() -> None:
     args = ap.parse_args()
     params = load_params(args.params)
     start = time.perf_counter()
-    summary = acquire(args.dataset, params.dataset(args.dataset), params.download,
+    summary = acquire(args.dataset, params.dataset(args.dataset), params.runtime.download,
                       args.out or f"data/raw/{args.dataset}")
     images = f", {summary['labelled_images']} labelled images" if summary["labelled_images"] is not None else ""
     print(f"download@{args.dataset}: {summary['origin']}{images} ({time.perf_counter() - start:.1f}s)")

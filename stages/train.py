@@ -1,11 +1,11 @@
-"""DVC stages ``baseline@<dataset>``, ``multistage@<dataset>`` and ``ablate@<dataset>-<variant>``.
+"""DVC stages ``baseline@<dataset>``, ``multistage@<dataset>``, ``ablate@<dataset>-<variant>``, ``baseline_equal_time@<dataset>``.
 
-Trains one model, evaluates its final epoch on the test split and writes
-``models/<dataset>/<name>/``, ``metrics/<dataset>/<name>.json`` and
-``metrics/<dataset>/<name>_history.csv`` (``<name>`` is the model, or
-``ablation/<variant>``); the run is logged to MLflow. With ``train.nproc`` > 1
-the script runs itself under torchrun (DDP); started again after a kill, it
-resumes from its last checkpoint.
+Trains one model and writes ``models/<dataset>/<name>/`` (weights, resolved config,
+classes, training summary) and ``metrics/<dataset>/<name>_history.csv`` (``<name>`` is
+the model, ``ablation/<variant>`` or ``baseline_equal_time``); the run is logged to
+MLflow. The test split is the evaluation stage's. With ``runtime.nproc`` > 1 the script
+runs itself under torchrun (DDP); started again after a kill, it resumes from its last
+checkpoint.
 """
 
 import argparse
@@ -14,43 +14,41 @@ import os
 import sys
 from pathlib import Path
 
-from vitfgvc.config import DATASETS, MODELS, VARIANTS, load_params
+from vitfgvc.config import DATASETS, MODELS, load_params
 from vitfgvc.errors import UserError, run_main
+from vitfgvc.inference import TRAINING_SUMMARY
+from vitfgvc.tracking import Tracker
+from vitfgvc.training import RunPaths, equal_time_config, train
 
 
-def read_metrics(path: str, model: str) -> dict:
+def read_summary(dataset: str, model: str) -> dict:
+    path = Path("models") / dataset / model / TRAINING_SUMMARY
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"{path} not found: the {model} stage must run first") from None
+        raise UserError(f"{path} not found: the {model}@{dataset} stage must run first") from None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", required=True, choices=DATASETS)
     ap.add_argument("--model", required=True, choices=MODELS)
-    ap.add_argument("--variant", choices=list(VARIANTS), help="an ablation variant of the multistage model")
+    ap.add_argument("--variant", help="an ablation variant of the multistage model (a key of ablation.variants)")
     ap.add_argument("--equal-time", action="store_true",
                     help="the baseline, trained as long (wall clock) as the multistage model took")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
+    if args.equal_time and args.model != "baseline":
+        ap.error("--equal-time is for the baseline")
     params = load_params(args.params)
     cfg = params.run_config(args.dataset, args.model, args.variant)
     if args.equal_time:
-        from vitfgvc.training import equal_time_config
-
-        if args.model != "baseline":
-            ap.error("--equal-time is for the baseline")
-        cfg = equal_time_config(cfg, *(read_metrics(f"metrics/{args.dataset}/{m}.json", m)
-                                       for m in ("multistage", "baseline")))
-    if cfg.train.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        cfg = equal_time_config(cfg, read_summary(args.dataset, "multistage"), read_summary(args.dataset, "baseline"))
+    if params.runtime.nproc > 1 and "LOCAL_RANK" not in os.environ:
         from torch.distributed.run import main as torchrun
 
-        torchrun(["--standalone", f"--nproc-per-node={cfg.train.nproc}", __file__, *sys.argv[1:]])
+        torchrun(["--standalone", f"--nproc-per-node={params.runtime.nproc}", __file__, *sys.argv[1:]])
         return
-
-    from vitfgvc.tracking import Tracker
-    from vitfgvc.training import RunPaths, train
 
     if args.equal_time:
         name, stage = "baseline_equal_time", f"baseline_equal_time@{args.dataset}"
@@ -58,13 +56,10 @@ def main() -> None:
         name, stage = f"ablation/{args.variant}", f"ablate@{args.dataset}-{args.variant}"
     else:
         name, stage = args.model, f"{args.model}@{args.dataset}"
-    result = train(cfg, RunPaths.for_run(args.dataset, name), stage=stage,
-                   tracker_factory=lambda: Tracker(cfg.experiment))
-    if result is not None:
-        stages = ", ".join(f"{k[-1]} {result[k]:.2f}" for k in ("accuracy_a", "accuracy_b", "accuracy_c")
-                           if result.get(k) is not None)
-        print(f"{stage}: test accuracy {result['accuracy']:.2f}% ({result['images']} images"
-              + (f"; stages {stages}" if args.model == "multistage" else "") + ")")
+    summary = train(cfg, params.runtime, RunPaths.for_run(args.dataset, name), stage=stage,
+                    tracker_factory=lambda: Tracker(params.runtime.mlflow_experiment))
+    if summary is not None:
+        print(f"{stage}: {summary['epochs']} epochs in {summary['train_seconds']:.0f} s -> models/{args.dataset}/{name}")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def workspace(tmp_path_factory) -> Path:
     data = smoke_params(**{"datasets.dogs.path": str(fx.root)})
     params = Params.model_validate(data)
     for name in ("dogs", "digits"):
-        acquire(name, params.dataset(name), params.download, root / "data/raw" / name, progress=False)
+        acquire(name, params.dataset(name), params.runtime.download, root / "data/raw" / name, progress=False)
         prepare(name, params, root / "data/raw" / name, root / "data/prepared" / name, progress=False)
     (root / "params.yaml").write_text(yaml.safe_dump(data))
     return root
@@ -72,17 +72,23 @@ def torch_state():
 
 
 def train_in_process(workspace: Path, out: Path, dataset: str, model: str, variant=None, uri=None, **dotted):
-    """Train one run on the workspace's prepared data; outputs under ``out``. Returns (cfg, paths, metrics)."""
+    """Train one run on the workspace's prepared data, then evaluate it, as the training and evaluation stages do;
+    outputs under ``out``. Returns (cfg, paths, test metrics)."""
     import yaml
 
     from vitfgvc.config import Params
+    from vitfgvc.evaluate import evaluate_model
     from vitfgvc.tracking import Tracker
     from vitfgvc.training import RunPaths, train
 
     data = set_dotted(yaml.safe_load((workspace / "params.yaml").read_text()), **dotted)
-    cfg = Params.model_validate(data).run_config(dataset, model, variant)
-    paths = RunPaths.for_run(dataset, f"ablation/{variant}" if variant else model, out)
-    paths = RunPaths(workspace / "data/prepared" / dataset, paths.model_dir, paths.metrics, paths.history,
-                     paths.checkpoints)
-    factory = (lambda: Tracker(cfg.experiment, root=out, uri=uri)) if uri else None
-    return cfg, paths, train(cfg, paths, stage=f"{model}@{dataset}", tracker_factory=factory, progress=False)
+    params = Params.model_validate(data)
+    cfg = params.run_config(dataset, model, variant)
+    name = f"ablation/{variant}" if variant else model
+    paths = RunPaths.for_run(dataset, name, out)
+    paths = RunPaths(workspace / "data/prepared" / dataset, paths.model_dir, paths.history, paths.checkpoints)
+    factory = (lambda: Tracker(params.runtime.mlflow_experiment, root=out, uri=uri)) if uri else None
+    train(cfg, params.runtime, paths, stage=f"{model}@{dataset}", tracker_factory=factory, progress=False)
+    metrics = evaluate_model(paths.model_dir, paths.data, out / "evaluation" / dataset / name,
+                             out / "metrics" / dataset / f"{name}.json", params.runtime, tracker_factory=factory)
+    return cfg, paths, metrics

@@ -8,13 +8,13 @@ import sys
 import pytest
 import yaml
 
-from vitfgvc.config import VARIANTS, ParamsError, flatten, load_params
+from vitfgvc.config import ParamsError, flatten, load_params
 
 from .conftest import ROOT, set_dotted, subprocess_env
 
 PROFILES = ["params.yaml", "params-smoke.yaml", "params-cpu.yaml"]
 # Values whose inner keys are free per profile: overrides, sources and extra timm arguments.
-OPAQUE = ("datasets.{}.train", "datasets.{}.kaggle", "model.kwargs")
+OPAQUE = ("datasets.{}.train", "datasets.{}.kaggle", "model.kwargs", "ablation.variants")
 
 
 def _keys(data: dict) -> set[str]:
@@ -73,7 +73,13 @@ def _set(dotted, value):
         ("aug.crop_threshold", [0.6, 0.4], "aug.crop_threshold must be [low, high] with low <= high, got [0.6, 0.4]"),
         ("aug.erase_pp", 0.5, "aug.erase_pp is not a known key"),
         ("pipeline.datasets", ["cub", "birds"], "pipeline.datasets.1 must be one of"),
-        ("ablation.variants", ["full", "no_such_variant"], "ablation.variants.1 must be one of"),
+        ("ablation.variants", {"full": {"aug": {"erase_p": 0.0}}}, "ablation.variants must not define 'full'"),
+        ("ablation.variants", {"x": {"aug": {"erase_pp": 0.0}}}, "ablation.variants.x: aug.erase_pp is not a known key"),
+        ("ablation.variants", {"x": {"aug": {"erase_p": 2.0}}}, "ablation.variants.x: aug.erase_p must be in [0, 1]"),
+        ("ablation.variants", {"x": {"runtime": {"workers": 1}}}, "ablation.variants x may only change the sections"),
+        ("ablation.variants", {"x": {"aug": {"erase_p": 0.25}}}, "ablation.variants.x changes nothing on dogs"),
+        ("ablation.variants", {"Bad-Name": {"aug": {"erase_p": 0.0}}}, "ablation.variants.Bad-Name"),
+        ("runtime.workers", -1, "runtime.workers must be >= 0, got -1"),
         ("ablation.datasets", ["cars"], "ablation.datasets must be a subset of pipeline.datasets"),
         ("model.pretrained", "yes", "model.pretrained must be a valid boolean, got 'yes'"),
     ],
@@ -108,13 +114,13 @@ def test_run_config_applies_dataset_overrides():
     assert base.multistage is None and base.aug is None  # the baseline reads neither
 
 
-@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "full"])
-def test_each_variant_differs_from_full_in_exactly_one_switch(variant):
+@pytest.mark.parametrize("variant", list(load_params(ROOT / "params.yaml").ablation.variants))
+def test_each_variant_differs_from_the_multistage_run_in_exactly_its_keys(variant):
     params = load_params(ROOT / "params.yaml")
-    full = flatten(params.run_config("dogs", "multistage", "full").model_dump())
+    full = flatten(params.run_config("dogs", "multistage").model_dump())
     other = flatten(params.run_config("dogs", "multistage", variant).model_dump())
     changed = sorted(k for k in full if full[k] != other[k] and k != "variant")
-    assert changed == sorted(VARIANTS[variant]), changed
+    assert changed == sorted(flatten(params.ablation.variants[variant])), changed
 
 
 def test_stage_stops_before_any_work_on_bad_params(tmp_path):

@@ -1,10 +1,11 @@
-"""The whole pipeline on the smoke profile, in a throw-away git + DVC copy of the project.
+"""The whole pipeline on the smoke profile, in the copy ``benchmarks/profile.py smoke`` makes.
 
 `dvc repro` runs every stage for every dataset (download from the fixture archives,
-prepare, both models, the ablations, tables, figures); a second `dvc repro` runs
-nothing; `dvc exp run -S aug.erase_p=0.5` re-runs exactly what reads that key; an
-`mlflow server` on the project's store lists every training run. The full profile's
-DAG resolves without running.
+prepare, both models, the ablations, their evaluations, tables, figures); a second
+`dvc repro` runs nothing; `dvc exp run` re-runs exactly what a changed key affects and
+nothing for a `runtime` key; an edit of the figure code re-runs no training; an
+`mlflow server` on the project's store lists every training run with its evaluation.
+A plain `git clone` of the repository is a DVC project with the paper's DAG.
 """
 
 from __future__ import annotations
@@ -20,11 +21,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from vitfgvc.config import VARIANTS
-
-from .conftest import ROOT
 from benchmarks.profile import environment
 
+from .conftest import ROOT
 from .pipeline import Project, make_project, stages_run
 
 pytestmark = pytest.mark.slow
@@ -32,14 +31,24 @@ pytestmark = pytest.mark.slow
 
 def expected_stages(profile: str) -> dict[str, list[str]]:
     params = yaml.safe_load((ROOT / profile).read_text())
-    datasets = params["pipeline"]["datasets"]
+    datasets, equal_time = params["pipeline"]["datasets"], params["pipeline"]["equal_time"]
+    ablations = [(d, v) for d in params["ablation"]["datasets"] for v in params["ablation"]["variants"]]
     return {
         "data": [f"{s}@{d}" for s in ("download", "prepare") for d in datasets],
-        "models": [f"{m}@{d}" for m in ("baseline", "multistage") for d in datasets]
-        + [f"baseline_equal_time@{d}" for d in params["pipeline"]["equal_time"]],
-        "ablations": [f"ablate@{d}-{v}" for d in params["ablation"]["datasets"] for v in params["ablation"]["variants"]],
-        "reports": ["tables", "figures"],
+        "baseline": [f"baseline@{d}" for d in datasets] + [f"baseline_equal_time@{d}" for d in equal_time],
+        "multistage": [f"multistage@{d}" for d in datasets],
+        "ablations": [f"ablate@{d}-{v}" for d, v in ablations],
+        "evaluate_baseline": [f"evaluate@{d}-baseline" for d in datasets]
+        + [f"evaluate_equal_time@{d}" for d in equal_time],
+        "evaluate_multistage": [f"evaluate@{d}-multistage" for d in datasets],
+        "evaluate_ablations": [f"evaluate_ablation@{d}-{v}" for d, v in ablations],
+        "figures": [f"figures@{d}" for d in datasets],
+        "tables": ["tables"],
     }
+
+
+def every_stage(profile: str) -> list[str]:
+    return sorted(sum(expected_stages(profile).values(), []))
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +60,7 @@ def smoke(tmp_path_factory):
 
 def test_every_stage_runs_for_every_dataset(smoke):
     project, ran, output = smoke
-    expected = expected_stages("params-smoke.yaml")
-    assert sorted(ran) == sorted(sum(expected.values(), [])), output[-3000:]
-    assert set(expected["ablations"]) >= {f"ablate@dogs-{v}" for v in ("full", "no_erase", "no_object", "no_parts")}
+    assert sorted(ran) == every_stage("params-smoke.yaml"), output[-3000:]
     print(f"\nsmoke dvc repro: {project.timings['repro']:.0f} s for {len(ran)} stages")
 
 
@@ -68,18 +75,21 @@ def test_reports(smoke):
     combined = table2[table2["Method"].str.startswith("Ours, combined")].iloc[0]
     assert float(combined["Stanford Dogs (%)"]) == pytest.approx(measured["accuracy"])
     assert float(combined["Δ"]) == pytest.approx(measured["accuracy"] - 93.2, abs=0.006)
+    params = yaml.safe_load((ROOT / "params-smoke.yaml").read_text())
     ablation = pd.read_csv(project.root / "reports/tables/ablation_dogs.csv")
-    assert ablation["Variant"].tolist() == yaml.safe_load((ROOT / "params-smoke.yaml").read_text())["ablation"][
-        "variants"]
+    assert ablation["Variant"].tolist() == ["full", *params["ablation"]["variants"]]
+    assert ablation.set_index("Variant").loc["full", "combined"] == pytest.approx(measured["accuracy"])
     no_parts = ablation[ablation["Variant"] == "no_parts"].iloc[0]
     assert pd.isna(no_parts["c (parts)"]) and "| no_parts | multistage.parts = False |" in md
     for key in ("table1", "table2", "table3", "table4", "ablation_dogs"):
         tex = (project.root / f"reports/tables/{key}.tex").read_text()
         assert "\\begin{tabular}" in tex and "\\bottomrule" in tex
-    figures = sorted(p.name for p in (project.root / "reports/figures").glob("*.png"))
-    params = yaml.safe_load((ROOT / "params-smoke.yaml").read_text())
-    assert len(figures) == params["figures"]["images"] * len(params["pipeline"]["datasets"])
-    assert "dogs_1.png" in figures
+    for dataset in params["pipeline"]["datasets"]:
+        figures = sorted(p.name for p in (project.root / "reports/figures" / dataset).glob("*.png"))
+        assert figures == [f"{k + 1}.png" for k in range(params["figures"]["images"])]
+    evaluation = project.root / "evaluation/dogs/multistage"
+    assert {"predictions.csv", "per_class.csv", "confusion.csv", "confusion.png", "attention.png"} <= {
+        p.name for p in evaluation.iterdir()}
 
 
 def test_second_repro_runs_nothing(smoke):
@@ -91,17 +101,46 @@ def test_second_repro_runs_nothing(smoke):
     print(f"\nno-op dvc repro: {seconds:.2f} s")
 
 
+def test_runtime_keys_rerun_nothing(smoke):
+    project, _, _ = smoke
+    proc = project.dvc("exp", "run", "-S", "runtime.workers=1", "-S", "runtime.eval_batch_size=3",
+                       "-S", "runtime.ckpt_every=7")
+    assert stages_run(proc.stdout + proc.stderr) == []
+
+
+def test_an_edit_of_the_figure_code_retrains_nothing(smoke):
+    project, _, _ = smoke
+    viz = project.root / "src/vitfgvc/viz.py"
+    original = viz.read_text()
+    try:
+        viz.write_text(original + "# an edit\n")
+        changed = sorted(json.loads(project.dvc("status", "--json").stdout))
+    finally:
+        viz.write_text(original)
+    expected = expected_stages("params-smoke.yaml")
+    assert changed == sorted(expected["evaluate_baseline"] + expected["evaluate_multistage"]
+                             + expected["evaluate_ablations"] + expected["figures"])
+
+
 def test_exp_run_reruns_exactly_what_reads_the_key(smoke):
     project, _, _ = smoke
-    assert yaml.safe_load((project.root / "params.yaml").read_text())["aug"]["erase_p"] != 0.5
+    expected = expected_stages("params-smoke.yaml")
+    params = yaml.safe_load((project.root / "params.yaml").read_text())
+    assert params["aug"]["erase_p"] != 0.5
     start = time.perf_counter()
     proc = project.dvc("exp", "run", "-S", "aug.erase_p=0.5")
     seconds = time.perf_counter() - start
     ran = stages_run(proc.stdout + proc.stderr)
-    expected = expected_stages("params-smoke.yaml")
-    multistage = [s for s in expected["models"] if s.startswith("multistage@")]
-    assert sorted(ran) == sorted(multistage + expected["ablations"] + expected["reports"])
+    assert sorted(ran) == sorted(expected["multistage"] + expected["ablations"] + expected["evaluate_multistage"]
+                                 + expected["evaluate_ablations"] + expected["figures"] + expected["tables"])
     print(f"\ndvc exp run -S aug.erase_p=0.5: {seconds:.0f} s for {len(ran)} stages")
+
+    # an edited variant re-runs that variant (its training and evaluation) and the tables, nothing else
+    variant = params["ablation"]["variants"]["no_parts"]
+    assert variant == {"multistage": {"parts": False}}
+    proc = project.dvc("exp", "run", "-S", "ablation.variants.no_parts.multistage.part_pool=max")
+    assert sorted(stages_run(proc.stdout + proc.stderr)) == ["ablate@dogs-no_parts", "evaluate_ablation@dogs-no_parts",
+                                                             "tables"]
 
 
 def _free_port() -> int:
@@ -146,11 +185,13 @@ def test_mlflow_server_lists_every_training_run(smoke):
         assert tags["mlflow.runName"] == "/".join(x for x in (tags["dataset"], tags["model"], tags.get("variant"))
                                                   if x)
         assert run["info"]["status"] == "FINISHED"
+        metrics = {m["key"] for m in run["data"]["metrics"]}
+        assert {"train_loss", "test_accuracy"} <= metrics  # training and its evaluation: one run
     expected = expected_stages("params-smoke.yaml")
-    wanted = {(s.split("@")[1], s.split("@")[0], "") for s in expected["models"]}
+    wanted = {(s.split("@")[1], s.split("@")[0], "") for s in expected["baseline"] + expected["multistage"]
+              if not s.startswith("baseline_equal_time@")}
     wanted |= {(s.split("@")[1].split("-", 1)[0], "multistage", s.split("-", 1)[1]) for s in expected["ablations"]}
     assert seen == wanted
-    assert set(VARIANTS) >= {v for _, _, v in seen if v}
 
 
 def fresh_clone(dest) -> Project:
@@ -164,9 +205,10 @@ def test_a_fresh_clone_is_a_dvc_project_with_the_paper_dag(tmp_path):
     project = fresh_clone(tmp_path / "clone")
     assert (project.root / ".dvc/config").is_file() and (project.root / ".dvcignore").is_file()
     stages = sorted(json.loads(project.dvc("status", "--json").stdout))  # every stage: nothing has run yet
-    assert stages == sorted(sum(expected_stages("params.yaml").values(), []))
+    assert stages == every_stage("params.yaml")
     assert len([s for s in stages if s.startswith(("baseline@", "multistage@"))]) == 8
-    assert len([s for s in stages if s.startswith("ablate@dogs-")]) == 10 and len(stages) == 28
+    assert len([s for s in stages if s.startswith("ablate@dogs-")]) == 9
+    assert len([s for s in stages if s.startswith("evaluate")]) == 8 + 9
     dag = project.dvc("dag", "--md").stdout
     assert "download@cub" in dag and "tables" in dag
     assert project.dvc("exp", "show", "--no-pager", "--csv").returncode == 0
@@ -176,5 +218,5 @@ def test_a_fresh_clone_is_a_dvc_project_with_the_paper_dag(tmp_path):
 def test_cpu_profile_resolves(tmp_path):
     project = make_project(tmp_path / "cpu", "cpu")
     stages = sorted(json.loads(project.dvc("status", "--json").stdout))
-    assert stages == sorted(sum(expected_stages("params-cpu.yaml").values(), []))
+    assert stages == every_stage("params-cpu.yaml")
     assert "baseline_equal_time@digits" in stages and "ablate@digits-no_object" in stages

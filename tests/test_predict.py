@@ -38,7 +38,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_predictions_equal_the_evaluation(trained):
-    evaluation = pd.read_csv(trained.model_dir / "predictions.csv")
+    evaluation = pd.read_csv(trained.model_dir.parents[2] / "evaluation/dogs/multistage/predictions.csv")
     images = [str(trained.data / p) for p in evaluation["image"]]
     proc = run_cli("predict", str(trained.model_dir), *images, "--json", "--top-k", "3")
     assert proc.returncode == 0, proc.stderr

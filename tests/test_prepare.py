@@ -25,7 +25,7 @@ def make_params(**dotted) -> Params:
 def run(tmp_path, name, fixture_kw=None, progress=False, **dotted):
     fx = WRITERS[name](tmp_path / "fx", **(fixture_kw or {}))
     params = make_params(**{f"datasets.{name}.path": str(fx.root), **dotted})
-    acquire(name, params.dataset(name), params.download, tmp_path / "raw", progress=False)
+    acquire(name, params.dataset(name), params.runtime.download, tmp_path / "raw", progress=False)
     summary = prepare(name, params, tmp_path / "raw", tmp_path / "prepared", progress=progress)
     table = pd.read_csv(tmp_path / "prepared" / "manifest.csv")
     return fx, params, summary, table

@@ -7,11 +7,14 @@ import json
 import pandas as pd
 import pytest
 
-from vitfgvc.config import Params, VARIANTS
+from vitfgvc.config import Params
 from vitfgvc.report.tables import build_tables, load_results, preamble, published, to_latex, to_markdown, write
 from vitfgvc.training import equal_time_config
 
 from .conftest import smoke_params
+
+VARIANTS = {"no_erase": {"aug": {"erase_p": 0.0}}, "no_parts": {"multistage": {"parts": False}},
+            "no_object": {"multistage": {"object": False}}}
 
 
 def run(accuracy, a=None, b=None, c=None, **extra):
@@ -39,7 +42,7 @@ def test_published_numbers_say_where_they_come_from():
 
 
 def test_table2_measured_rows_beside_the_paper(results):
-    tables = {t.key: t for t in build_tables(results, ["dogs"], {"dogs": ["no_erase", "no_parts"]})}
+    tables = {t.key: t for t in build_tables(results, ["dogs"], {"dogs": VARIANTS})}
     assert set(tables) == {"table1", "table2", "ablation_dogs"}  # only the tables this profile's datasets fill
     t2 = tables["table2"].frame()
     published_rows = t2.iloc[: tables["table2"].section]
@@ -54,7 +57,7 @@ def test_table2_measured_rows_beside_the_paper(results):
 
 
 def test_not_measured_is_a_dash_with_a_footnote(results):
-    tables = {t.key: t for t in build_tables(results, ["dogs", "cub"], {"dogs": ["no_erase", "no_parts"]})}
+    tables = {t.key: t for t in build_tables(results, ["dogs", "cub"], {"dogs": VARIANTS})}
     md = to_markdown(tables["table3"])  # cub is in the profile, but nothing was trained on it
     assert "| — |" in md and "— : not measured in this run" in md
     ablation = tables["ablation_dogs"].frame().set_index("Variant")
@@ -65,7 +68,7 @@ def test_not_measured_is_a_dash_with_a_footnote(results):
 
 
 def test_latex_and_files(results, tmp_path):
-    tables = build_tables(results, ["dogs"], {"dogs": list(VARIANTS)[:3]})
+    tables = build_tables(results, ["dogs"], {"dogs": VARIANTS})
     tex = to_latex(tables[1])
     assert "\\toprule" in tex and "$\\Delta$" in tex and "\\emph{This reproduction}" in tex and "%" not in tex.replace(
         "\\%", "")
@@ -100,7 +103,7 @@ def test_metrics_of_runs_the_params_no_longer_configure_are_not_reported(tmp_pat
     """DVC keeps a dropped stage's metrics file on disk: the tables read only the configured runs."""
     params = Params.model_validate(smoke_params(**{"pipeline.datasets": ["digits"], "pipeline.equal_time": [],
                                                    "ablation.datasets": ["digits"],
-                                                   "ablation.variants": ["no_erase"]}))
+                                                   "ablation.variants": {"no_erase": VARIANTS["no_erase"]}}))
     for key in ("prepare/digits", "digits/baseline", "digits/multistage", "digits/ablation/no_erase",
                 "digits/ablation/no_parts", "digits/baseline_equal_time", "dogs/baseline"):
         path = tmp_path / f"{key}.json"
@@ -109,6 +112,6 @@ def test_metrics_of_runs_the_params_no_longer_configure_are_not_reported(tmp_pat
         path.write_text(json.dumps(data))
     results = load_results(tmp_path, params)
     assert sorted(results) == ["digits/ablation/no_erase", "digits/baseline", "digits/multistage", "prepare/digits"]
-    digits = {t.key: t for t in build_tables(results, ["digits"], {"digits": ["no_erase"]})}["digits"]
+    digits = {t.key: t for t in build_tables(results, ["digits"], {"digits": {"no_erase": VARIANTS["no_erase"]}})}["digits"]
     assert [row[0] for row in digits.rows] == ["ViT (baseline, full image)", "Ours (multistage)",
                                                "ablation: no_erase"]

@@ -37,10 +37,20 @@ def stage_process(cwd: Path, params: Path, dataset: str, model: str, env=None, *
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def evaluate_stage(cwd: Path, params: Path, dataset: str, run: str, env=None) -> dict:
+    """``stages/evaluate.py`` in ``cwd`` on a model a training stage wrote there; returns its metrics."""
+    proc = subprocess.run([sys.executable, str(ROOT / "stages/evaluate.py"), "--dataset", dataset, "--run", run,
+                           "--params", str(params)], cwd=cwd, env=env or subprocess_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((cwd / f"metrics/{dataset}/{run}.json").read_text())
+
+
 def outcome(folder: Path, dataset: str, model: str) -> tuple[dict, dict]:
-    metrics = json.loads((folder / f"metrics/{dataset}/{model}.json").read_text())
+    """A training's summary (without its timings and MLflow run) and its weights."""
+    summary = json.loads((folder / f"models/{dataset}/{model}/training.json").read_text())
     weights = load_file(str(folder / f"models/{dataset}/{model}/model.safetensors"))
-    return {k: v for k, v in metrics.items() if k not in TIMING}, weights
+    return {k: v for k, v in summary.items() if k not in TIMING | {"mlflow_run_id"}}, weights
 
 
 # ------------------------------------------------------------------------ tests
@@ -50,14 +60,17 @@ def test_both_models_train_evaluate_and_log_to_mlflow(workspace, tmp_path, torch
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     results = {}
     for model in ("baseline", "multistage"):
-        cfg, paths, results[model] = train_in_process(workspace, tmp_path, "dogs", model, uri=uri)
+        _, paths, results[model] = train_in_process(workspace, tmp_path, "dogs", model, uri=uri)
         history = pd.read_csv(paths.history)
         assert history["epoch"].tolist() == [1, 2] and history["phase"].tolist() == ["frozen", "unfrozen"]
-        files = {p.name for p in paths.model_dir.iterdir()}
-        assert {"model.safetensors", "config.yaml", "classes.csv", "predictions.csv", "per_class.csv",
-                "confusion.csv", "confusion.png", "attention.png"} <= files
-        assert json.loads(paths.metrics.read_text()) == results[model]
-        predictions = pd.read_csv(paths.model_dir / "predictions.csv")
+        # training writes the model directory; the evaluation its own folder and the metrics
+        assert {p.name for p in paths.model_dir.iterdir()} == {"model.safetensors", "config.yaml", "classes.csv",
+                                                                "training.json"}
+        evaluation = tmp_path / "evaluation/dogs" / model
+        assert {p.name for p in evaluation.iterdir()} == {"predictions.csv", "per_class.csv", "confusion.csv",
+                                                          "confusion.png", "attention.png"}
+        assert json.loads((tmp_path / f"metrics/dogs/{model}.json").read_text()) == results[model]
+        predictions = pd.read_csv(evaluation / "predictions.csv")
         assert len(predictions) == results[model]["images"] == 12
         assert not paths.checkpoints.exists()  # cleared once the run is complete
     multi = results["multistage"]
@@ -98,7 +111,7 @@ def test_same_params_and_seed_give_the_same_metrics(workspace, tmp_path, torch_s
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(workspace, tmp_path, torch_state):
     with pytest.raises(NonFiniteLossError) as err:
         train_in_process(workspace, tmp_path, "digits", "baseline", **{"train.lr_frozen": 1.0e+30,
-                                                                 "train.ckpt_every": 1})
+                                                                 "runtime.ckpt_every": 1})
     message = str(err.value)
     assert "the loss became nan" in message.lower() or "the loss became inf" in message.lower()
     ckpt = tmp_path / "checkpoints/digits/baseline/last.pt"
@@ -110,7 +123,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(workspace, tmp
 
 def test_a_killed_run_resumes_and_ends_exactly_like_an_uninterrupted_one(workspace, tmp_path):
     data = yaml.safe_load((workspace / "params.yaml").read_text())
-    params = write_params(tmp_path / "cfg", data, **{"train.ckpt_every": 3, "train.epochs": 3})
+    params = write_params(tmp_path / "cfg", data, **{"runtime.ckpt_every": 3, "train.epochs": 3})
     for folder in ("whole", "killed"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "data").symlink_to(workspace / "data")
@@ -132,7 +145,7 @@ def test_a_killed_run_resumes_and_ends_exactly_like_an_uninterrupted_one(workspa
         time.sleep(0.02)
     proc.wait(timeout=60)
     assert seen is not None and proc.returncode == -signal.SIGKILL, "the run was not killed mid-way"
-    assert not (tmp_path / "killed/metrics/digits/multistage.json").exists()
+    assert not (tmp_path / "killed/models/digits/multistage").exists()
 
     resumed = stage_process(tmp_path / "killed", params, "digits", "multistage", env)
     out, err = resumed.communicate(timeout=600)
@@ -155,12 +168,14 @@ def test_ddp_with_two_gloo_processes_matches_one_process(workspace, tmp_path):
     results = {}
     for nproc in (1, 2):
         folder = tmp_path / f"n{nproc}"
-        params = write_params(folder / "cfg", data, **{"train.nproc": nproc, "train.batch_size": 8})
+        params = write_params(folder / "cfg", data, **{"runtime.nproc": nproc, "train.batch_size": 8})
         (folder / "data").symlink_to(workspace / "data")
         proc = stage_process(folder, params, "digits", "multistage", env)
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-4000:]
-        results[nproc] = outcome(folder, "digits", "multistage")
+        metrics = evaluate_stage(folder, params, "digits", "multistage", env)
+        summary, weights = outcome(folder, "digits", "multistage")
+        results[nproc] = {**summary, **metrics}, weights
     (m1, w1), (m2, w2) = results[1], results[2]
     # the same global batches and per-sample augmentation: only the order of float sums differs
     assert m2["final_train_loss"] == pytest.approx(m1["final_train_loss"], rel=1e-4)
@@ -197,9 +212,10 @@ def test_digits_attention_finds_the_digit(tmp_path):
     from vitfgvc.data.prepare import prepare
 
     data = yaml.safe_load((ROOT / "params-cpu.yaml").read_text())
-    set_dotted(data, **{"datasets.digits.synth.test": 300, "train.epochs": 14, "multistage.start_epoch": 12})
+    set_dotted(data, **{"datasets.digits.synth.test": 300, "train.epochs": 14, "multistage.start_epoch": 12,
+                        "ablation.variants": {"otsu_threshold": {"multistage": {"threshold": "otsu"}}}})
     params = Params.model_validate(data)
-    acquire("digits", params.dataset("digits"), params.download, tmp_path / "data/raw/digits", progress=False)
+    acquire("digits", params.dataset("digits"), params.runtime.download, tmp_path / "data/raw/digits", progress=False)
     prepare("digits", params, tmp_path / "data/raw/digits", tmp_path / "data/prepared/digits", progress=False)
     path = write_params(tmp_path / "cfg", data)
     env = subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -208,7 +224,7 @@ def test_digits_attention_finds_the_digit(tmp_path):
     proc = stage_process(tmp_path, path, "digits", "multistage", env, "--variant", "otsu_threshold")
     _, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err[-3000:]
-    result = json.loads((tmp_path / "metrics/digits/ablation/otsu_threshold.json").read_text())
+    result = evaluate_stage(tmp_path, path, "digits", "ablation/otsu_threshold", env)
     print(f"\ndigits: accuracy {result['accuracy']} (a {result['accuracy_a']}, b {result['accuracy_b']}, "
           f"c {result['accuracy_c']}); box IoU {result['box_iou']}, IoU >= 0.5 for {result['box_iou50']:.0%}, "
           f"box recall {result['box_recall']}")

@@ -20,8 +20,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import labels
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
-STAGE_LABELS = {"combined": "combined", "a": "a (full image)", "b": "b (object)", "c": "c (parts)"}
 
 
 @dataclass
@@ -147,9 +148,9 @@ def render(results: list[Prediction]) -> str:
         if r.error is not None:
             lines += [f"  error: {r.error}", ""]
             continue
-        stages = [s for s in ("a", "b", "c") if s in r.stages]
+        stages = [s for s in labels.PER_STAGE if s in r.stages]
         width = max(5, *(len(t["class_name"]) for t in r.top_k))
-        head = f"  {'#':>2}  {'class':<{width}}  {'combined':>8}" + "".join(f"  {STAGE_LABELS[s]:>14}" for s in stages)
+        head = f"  {'#':>2}  {'class':<{width}}  {'combined':>8}" + "".join(f"  {labels.column(s):>14}" for s in stages)
         lines += [head]
         for n, t in enumerate(r.top_k):
             row = f"  {n + 1:>2}  {t['class_name']:<{width}}  {t['prob']:>8.3f}"

@@ -21,9 +21,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from .errors import UserError
 
-DATASETS = ("cub", "dogs", "cars", "plant", "digits")
+from .data.datasets import SPECS
+
+DATASETS = tuple(SPECS)  # the registry in data/datasets.py is the one place a dataset is declared
 MODELS = ("baseline", "multistage")
-DatasetName = Literal["cub", "dogs", "cars", "plant", "digits"]
+DatasetName = Literal[DATASETS]  # type: ignore[valid-type]
 
 
 class ParamsError(UserError, ValueError):
@@ -96,12 +98,13 @@ class SynthConfig(Section):
 
 
 class PrepareSection(Section):
-    workers: PosInt = 2
     jpeg_quality: Annotated[int, _in(1, 100)] = 95
     max_rejected: Unit = 0.01
 
 
 class DownloadSection(Section):
+    """How files are fetched (transport only: the files themselves are verified against their checksums)."""
+
     retries: NonNegInt = 5
     backoff: NonNegFloat = 2.0
     timeout: PosFloat = 60.0
@@ -112,8 +115,6 @@ class DownloadSection(Section):
 
 class TrainSection(Section):
     batch_size: PosInt = 16
-    eval_batch_size: PosInt = 32
-    accum_steps: PosInt = 1
     epochs_frozen: NonNegInt = 2
     epochs: NonNegInt = 4
     lr_frozen: PosFloat = 3.0e-3
@@ -126,13 +127,8 @@ class TrainSection(Section):
     min_lr_ratio: Unit = 1.0e-4
     label_smoothing: UnitOpen = 0.1
     grad_clip: NonNegFloat = 0.0
-    grad_checkpointing: bool = True
     amp: bool = True
-    workers: NonNegInt = 4
-    nproc: PosInt = 1
-    ckpt_every: NonNegInt = 500
     deterministic: bool = False
-    threads: NonNegInt = 0
 
 
 def _partial(model: type[BaseModel], name: str) -> type[BaseModel]:
@@ -158,12 +154,8 @@ class DatasetConfig(Section):
     train: TrainOverrides = TrainOverrides()  # type: ignore[valid-type]
 
 
-class DatasetsSection(Section):
-    cub: DatasetConfig
-    dogs: DatasetConfig
-    cars: DatasetConfig
-    plant: DatasetConfig
-    digits: DatasetConfig
+DatasetsSection = create_model("DatasetsSection", __base__=Section,
+                               **{name: (DatasetConfig, ...) for name in DATASETS})
 
 
 # -------------------------------------------------------------------------- model
@@ -216,27 +208,27 @@ class AugSection(Section):
     crop_pad: Annotated[float, _in(0, 1)] = 0.1
 
 
+# ------------------------------------------------------------------ runtime
+class RuntimeSection(Section):
+    """How to run, never what is computed: no stage declares these keys as params, so changing
+    one re-runs nothing, and a training resumed with other values continues its checkpoint."""
+
+    workers: NonNegInt = 4
+    threads: NonNegInt = 0
+    nproc: PosInt = 1
+    accum_steps: PosInt = 1
+    grad_checkpointing: bool = True
+    eval_batch_size: PosInt = 32
+    ckpt_every: NonNegInt = 500
+    prepare_workers: PosInt = 2
+    mlflow_experiment: str = "vitfgvc"
+    download: DownloadSection = DownloadSection()
+
+
 # ------------------------------------------------------------------ experiments
-class MlflowSection(Section):
-    experiment: str = "vitfgvc"
-
-
-VARIANTS: dict[str, dict[str, Any]] = {
-    # each variant differs from ``full`` in exactly the switch its name says
-    "full": {},
-    "no_erase": {"aug.erase_p": 0.0},
-    "no_object": {"multistage.object": False},
-    "no_parts": {"multistage.parts": False},
-    "crop_aug": {"aug.crop_p": 0.5},
-    "last_layer_attention": {"multistage.attention": "last_layer"},
-    "otsu_threshold": {"multistage.threshold": "otsu"},
-    "max_pool_parts": {"multistage.part_pool": "max"},
-    "gem_pool_parts": {"multistage.part_pool": "gem"},
-    "mean_part_loss": {"multistage.part_loss": "mean"},
-    "parts_from_erased": {"multistage.parts_from_erased": True},
-    "random_fallback": {"multistage.fallback": "random"},
-}
-VariantName = Literal[tuple(VARIANTS)]  # type: ignore[valid-type]
+# The sections of a run config an ablation variant may change.
+VARIANT_SECTIONS = ("model", "transform", "train", "multistage", "aug")
+VariantName = Annotated[str, Field(pattern=r"^[a-z0-9_]+$")]
 
 
 def _unique(v: list) -> list:
@@ -251,9 +243,23 @@ class PipelineSection(Section):
     equal_time: Annotated[list[DatasetName], AfterValidator(_unique)] = []
 
 
+def _variants(v: dict) -> dict:
+    for name, overrides in v.items():
+        if name == "full":
+            raise ValueError("must not define 'full': the unchanged model is the multistage run itself")
+        if not overrides:
+            raise ValueError(f"{name} changes nothing (give it the keys it changes, e.g. {{aug: {{erase_p: 0.0}}}})")
+        bad = sorted(set(overrides) - set(VARIANT_SECTIONS))
+        if bad:
+            raise ValueError(f"{name} may only change the sections {', '.join(VARIANT_SECTIONS)}, got {bad}")
+    return v
+
+
 class AblationSection(Section):
+    """Variants of the multistage model: each is ``{section: {key: value}}``, the keys it changes."""
+
     datasets: Annotated[list[DatasetName], AfterValidator(_unique)] = ["dogs"]
-    variants: Annotated[list[VariantName], AfterValidator(_unique)] = list(VARIANTS)  # type: ignore[valid-type]
+    variants: Annotated[dict[VariantName, dict[str, dict[str, Any]]], AfterValidator(_variants)] = {}
 
 
 class FiguresSection(Section):
@@ -268,7 +274,6 @@ class ReportSection(Section):
 class Params(Section):
     seed: NonNegInt = 0
     pipeline: PipelineSection
-    download: DownloadSection = DownloadSection()
     prepare: PrepareSection = PrepareSection()
     datasets: DatasetsSection
     model: ModelSection = ModelSection()
@@ -279,7 +284,7 @@ class Params(Section):
     ablation: AblationSection = AblationSection()
     figures: FiguresSection = FiguresSection()
     report: ReportSection = ReportSection()
-    mlflow: MlflowSection = MlflowSection()
+    runtime: RuntimeSection = RuntimeSection()
 
     @model_validator(mode="after")
     def _ablation_in_pipeline(self) -> "Params":
@@ -289,6 +294,14 @@ class Params(Section):
             if extra:
                 raise ValueError(f"{key} must be a subset of pipeline.datasets {self.pipeline.datasets} "
                                  f"(they train on prepared data), got {extra}")
+        for dataset in self.ablation.datasets:  # every variant resolves to a valid run that differs from multistage
+            base = self.run_config(dataset, "multistage").model_dump()
+            for variant in self.ablation.variants:
+                cfg = self.run_config(dataset, "multistage", variant).model_dump()
+                if {k: v for k, v in cfg.items() if k != "variant"} == {k: v for k, v in base.items()
+                                                                        if k != "variant"}:
+                    raise ValueError(f"ablation.variants.{variant} changes nothing on {dataset}: the multistage "
+                                     "run already has these values")
         return self
 
     def dataset(self, name: str) -> DatasetConfig:
@@ -302,6 +315,9 @@ class Params(Section):
             raise ParamsError(f"variant {variant!r} only applies to the multistage model")
         ds = self.dataset(dataset)
         train = self.train.model_copy(update=ds.train.model_dump(exclude_none=True))
+        if variant is not None and variant not in self.ablation.variants:
+            raise ParamsError(f"unknown variant {variant!r}; ablation.variants has "
+                              f"{', '.join(self.ablation.variants) or 'none'}")
         data = {
             "dataset": dataset,
             "model": model,
@@ -313,18 +329,18 @@ class Params(Section):
             "train": train.model_dump(),
             "multistage": self.multistage.model_dump(),
             "aug": self.aug.model_dump(),
-            "experiment": self.mlflow.experiment,
         }
         if model == "baseline":
             data["multistage"] = None
             data["aug"] = None
+        source = f"run {dataset}/{model}"
         if variant is not None:
-            if variant not in VARIANTS:
-                raise ParamsError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
-            for dotted, value in VARIANTS[variant].items():
-                section, key = dotted.split(".")
-                data[section][key] = value
-        return _validate(RunConfig, data, source=f"run {dataset}/{model}" + (f"/{variant}" if variant else ""))
+            source = f"ablation.variants.{variant}"
+            for section, keys in self.ablation.variants[variant].items():
+                if not isinstance(keys, dict):
+                    raise ParamsError(f"{source}.{section} must be a mapping of keys to values, got {keys!r}")
+                data[section] = {**data[section], **keys}
+        return _validate(RunConfig, data, source=source)
 
 
 class RunConfig(Section):
@@ -340,7 +356,6 @@ class RunConfig(Section):
     train: TrainSection
     multistage: MultistageSection | None
     aug: AugSection | None
-    experiment: str
 
     @property
     def run_name(self) -> str:

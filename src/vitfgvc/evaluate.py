@@ -1,72 +1,30 @@
-"""Evaluation: predictions on a split, and the metrics of the paper's tables.
+"""The evaluation stage: a trained model directory on the test split, and the metrics of the paper's tables.
 
 Accuracy of every stage (a: full image, b: object, c: mean of the part logits)
 and of the combined prediction (the mean of the stage probabilities), top-5,
-per-class accuracy and the confusion matrix; the mean column-wise ROC AUC for
-Plant Pathology (its competition metric); and, where the dataset has object
-boxes, how well the attention's object box finds the object.
+per-class accuracy and the confusion matrix; the mean column-wise ROC AUC where the
+dataset's registry entry asks for it (Plant Pathology: its competition metric); and,
+where the dataset has object boxes, how well the attention's object box finds the object.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import confusion_matrix, roc_auc_score, top_k_accuracy_score
 
-from .data.loader import ManifestDataset
-
-
-@dataclass
-class Predictions:
-    """Per-image results of one split, in dataset order."""
-
-    index: np.ndarray                 # [N] dataset indices
-    labels: np.ndarray                # [N]
-    probs: dict[str, np.ndarray]      # stage -> [N, C]; "combined" always present
-    true_boxes: np.ndarray            # [N, 4] fractions (NaN where none)
-    object_boxes: np.ndarray | None   # [N, 4] fractions predicted by the attention (multistage)
-
-    def sorted(self) -> "Predictions":
-        order = np.argsort(self.index, kind="stable")
-        return Predictions(self.index[order], self.labels[order], {k: v[order] for k, v in self.probs.items()},
-                           self.true_boxes[order],
-                           None if self.object_boxes is None else self.object_boxes[order])
-
-    @staticmethod
-    def concat(parts: list["Predictions"]) -> "Predictions":
-        first = parts[0]
-        return Predictions(
-            np.concatenate([p.index for p in parts]), np.concatenate([p.labels for p in parts]),
-            {k: np.concatenate([p.probs[k] for p in parts]) for k in first.probs},
-            np.concatenate([p.true_boxes for p in parts]),
-            None if first.object_boxes is None else np.concatenate([p.object_boxes for p in parts]))
-
-
-@torch.no_grad()
-def predict(model, loader, device: torch.device, autocast) -> Predictions:
-    was_training = model.training
-    model.eval()
-    index, labels, boxes, obj = [], [], [], []
-    probs: dict[str, list] = {}
-    try:
-        for images, y, idx, true_boxes, _draws in loader:
-            with autocast():
-                out = model(images.to(device, non_blocking=True))
-            for k, v in out.probabilities().items():
-                probs.setdefault(k, []).append(v.float().cpu().numpy())
-            index.append(idx.numpy())
-            labels.append(y.numpy())
-            boxes.append(true_boxes.numpy())
-            if out.object_boxes is not None:
-                obj.append(out.object_boxes.float().cpu().numpy())
-    finally:
-        model.train(was_training)
-    return Predictions(np.concatenate(index), np.concatenate(labels),
-                       {k: np.concatenate(v) for k, v in probs.items()}, np.concatenate(boxes),
-                       np.concatenate(obj) if obj else None)
+from .config import RuntimeSection
+from .data.datasets import spec
+from .data.loader import Manifest, ManifestDataset
+from .devices import autocast_for, device_for, make_loader
+from .inference import TRAINING_SUMMARY, load_model_dir
+from .io import write_json
+from .predictions import Predictions, predict
 
 
 def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -93,10 +51,7 @@ def box_coverage(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
 def metrics(pred: Predictions, classes: list[str], *, auc: bool = False) -> dict:
     """Scalar metrics of a split (percentages for accuracies), ready for a DVC metrics file."""
     y, n_classes = pred.labels, len(classes)
-    out: dict[str, float | int | None] = {"images": int(len(y))}
-    for stage, p in pred.probs.items():
-        key = "accuracy" if stage == "combined" else f"accuracy_{stage}"
-        out[key] = round(100 * float((p.argmax(1) == y).mean()), 4)
+    out: dict[str, float | int | None] = {"images": int(len(y)), **pred.accuracies()}
     combined = pred.probs["combined"]
     if n_classes > 5:
         out["top5"] = round(100 * float(top_k_accuracy_score(y, combined, k=5, labels=range(n_classes))), 4)
@@ -145,3 +100,58 @@ def prediction_table(pred: Predictions, dataset: ManifestDataset, classes: list[
         for j, name in enumerate(("box_x0", "box_y0", "box_x1", "box_y1")):
             table[name] = np.round(pred.object_boxes[:, j], 6)
     return table
+
+
+def evaluate_model(model_dir: Path, data: Path, out_dir: Path, metrics_path: Path, runtime: RuntimeSection, *,
+                   tracker_factory=None) -> dict:
+    """Evaluate a model directory on the test split of ``data``; write ``out_dir`` and ``metrics_path``.
+
+    ``out_dir`` gets the test predictions, per-class accuracy, the confusion matrix (CSV and
+    PNG) and a sample attention figure, written beside it and renamed into place when
+    complete; ``metrics_path`` the metrics JSON the tables read: the test metrics and the
+    training's summary. With ``tracker_factory`` the metrics and figures are logged to the
+    training's own MLflow run.
+    """
+    from . import viz
+
+    device = device_for()
+    if runtime.threads:
+        torch.set_num_threads(runtime.threads)
+    loaded = load_model_dir(model_dir, device)
+    cfg, classes = loaded.cfg, loaded.classes
+    training = json.loads((Path(model_dir) / TRAINING_SUMMARY).read_text())
+    test_ds = ManifestDataset(Manifest.read(data), "test", loaded.input_size, train=False, transform=cfg.transform)
+    loader = make_loader(test_ds, batch_size=runtime.eval_batch_size, workers=runtime.workers, device=device)
+    test = predict(loaded.model, loader, device, autocast_for(device, cfg.train.amp))
+
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    prediction_table(test, test_ds, classes).to_csv(tmp / "predictions.csv", index=False)
+    per_class(test, classes).to_csv(tmp / "per_class.csv", index=False)
+    cm = confusion(test, classes)
+    cm.to_csv(tmp / "confusion.csv")
+    viz.confusion_figure(cm, title=cfg.run_name).savefig(tmp / "confusion.png", dpi=100)
+    viz.sample_figure(loaded.model, test_ds, classes, n=4).savefig(tmp / "attention.png", dpi=100)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+
+    result = {"dataset": cfg.dataset, "model": cfg.model, "variant": cfg.variant, "backbone": cfg.backbone.name,
+              **metrics(test, classes, auc=spec(cfg.dataset).auc),
+              **{k: training[k] for k in ("epochs", "train_seconds", "seconds_per_epoch", "train_images_per_s",
+                                          "final_train_loss", "hardware")}}
+    write_json(metrics_path, result)
+    run_id = training.get("mlflow_run_id")
+    if tracker_factory is not None and run_id:
+        tracker = tracker_factory()
+        tracker.start(cfg.run_name, tags={}, params={}, run_id=run_id)
+        status = "FAILED"
+        try:
+            tracker.log_metrics({f"test_{k}": v for k, v in result.items()
+                                 if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=result["epochs"])
+            for name in ("confusion.png", "attention.png", "per_class.csv"):
+                tracker.log_artifact(out_dir / name)
+            status = "FINISHED"
+        finally:
+            tracker.finish(status)
+    return result

@@ -19,7 +19,10 @@ from .data.prepare import target_size
 from .errors import UserError
 from .multistage import Baseline, MultiStage, build
 
-REQUIRED = ("model.safetensors", "config.yaml", "classes.csv")
+# the model directory a training writes (models/<dataset>/<name>/)
+WEIGHTS, CONFIG, CLASSES = "model.safetensors", "config.yaml", "classes.csv"
+TRAINING_SUMMARY = "training.json"  # epochs, seconds, hardware, the MLflow run id
+REQUIRED = (WEIGHTS, CONFIG, CLASSES)
 
 
 class ModelDirError(UserError, ValueError):

@@ -26,9 +26,6 @@ from .config import RunConfig
 from .localize import compose_boxes, crop_resize, object_boxes, part_boxes
 from .model import FGVCViT, build_model
 
-STAGE_NAMES = {"a": "full image", "b": "object", "c": "parts", "combined": "combined"}
-
-
 @dataclass
 class StageOutput:
     """Logits per stage: ``a`` and ``b`` ``[B, C]``, ``c`` ``[B, k, C]`` (one row per part).
@@ -209,11 +206,12 @@ class MultiStage(nn.Module):
                            views=views)
 
 
-def build(cfg: RunConfig, num_classes: int, *, load_pretrained: bool = True) -> Baseline | MultiStage:
+def build(cfg: RunConfig, num_classes: int, *, load_pretrained: bool = True,
+          grad_checkpointing: bool = False) -> Baseline | MultiStage:
     """The model of a run config; ``load_pretrained=False`` skips the hub/local weights (to load a trained state)."""
     bb = cfg.backbone
     net = build_model(bb.name, num_classes, img_size=bb.img_size,
                       pretrained=load_pretrained and bb.pretrained and bb.weights is None,
                       weights=bb.weights if load_pretrained else None, kwargs=dict(bb.kwargs),
-                      grad_checkpointing=cfg.train.grad_checkpointing)
+                      grad_checkpointing=grad_checkpointing)
     return (Baseline if cfg.model == "baseline" else MultiStage)(net, cfg)

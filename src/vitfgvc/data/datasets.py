@@ -46,12 +46,13 @@ class Parsed:
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
-    title: str
+    title: str              # as the reports print it
     packagings: tuple[tuple[str, ...], ...]  # alternative sets of original file names
     official_test: bool
     parse: Callable[[Path], Parsed] | None
     homepage: str
     synthetic: bool = False
+    auc: bool = False       # also report the mean column-wise ROC AUC (the competition's metric)
     notes: tuple[str, ...] = field(default=())
 
 
@@ -254,11 +255,12 @@ SPECS: dict[str, DatasetSpec] = {
          ("car_ims.tgz", "cars_annos.mat")), True, parse_cars,
         "https://ai.stanford.edu/~jkrause/cars/car_dataset.html (dead; mirrors on Kaggle)"),
     "plant": DatasetSpec(
-        "plant", "Plant Pathology 2020 (FGVC7)", (("plant-pathology-2020-fgvc7.zip",),), False, parse_plant,
-        "https://www.kaggle.com/competitions/plant-pathology-2020-fgvc7"),
+        "plant", "Plant Pathology 2020", (("plant-pathology-2020-fgvc7.zip",),), False, parse_plant,
+        "https://www.kaggle.com/competitions/plant-pathology-2020-fgvc7 (FGVC7)", auc=True),
     "digits": DatasetSpec(
-        "digits", "Cluttered digits (from scikit-learn's handwritten digits)", (("digits.csv.gz",),), True, None,
-        "https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset", synthetic=True),
+        "digits", "Cluttered digits", (("digits.csv.gz",),), True, None,
+        "https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset (scikit-learn's handwritten "
+        "digits)", synthetic=True),
 }
 
 

@@ -101,7 +101,7 @@ def _convert_dataset(name: str, raw: Path, tmp: Path, params: Params, progress: 
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
     rows, rejected = [], []
-    results = _pool_map(convert_image, tasks, params.prepare.workers, f"prepare {name}", progress)
+    results = _pool_map(convert_image, tasks, params.runtime.prepare_workers, f"prepare {name}", progress)
     for r, result in zip(parsed.records, results):
         if isinstance(result, str):
             rejected.append({"source": r.source, "reason": result})
@@ -142,7 +142,7 @@ def _render_digits(name: str, raw: Path, tmp: Path, params: Params, progress: bo
     for split in ("train", "test"):
         (tmp / "images" / split).mkdir(parents=True, exist_ok=True)
     init = (images, labels, pools, cfg.high_res, cfg.synth, params.seed, tmp)
-    rows = list(_pool_map(_digits_one, jobs, params.prepare.workers, "prepare digits", progress,
+    rows = list(_pool_map(_digits_one, jobs, params.runtime.prepare_workers, "prepare digits", progress,
                           initializer=_digits_init, initargs=init))
     return rows, [], list(digits_mod.CLASSES), len(rows)
 

@@ -18,15 +18,15 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from ..config import VARIANTS, Params
+from .. import labels
+from ..config import Params, flatten
+from ..data.datasets import SPECS
 
-DATASET_TITLES = {"cub": "CUB-200-2011", "dogs": "Stanford Dogs", "cars": "Stanford Cars",
-                  "plant": "Plant Pathology 2020", "digits": "Cluttered digits"}
+DATASET_TITLES = {name: spec.title for name, spec in SPECS.items()}
 MISSING = "—"
 NOT_MEASURED = "— : not measured in this run (its dataset or stage is not part of this profile)."
-STAGE_ROWS = [("accuracy_a", "Ours, stage a (full image)"), ("accuracy_b", "Ours, stage b (object crop)"),
-              ("accuracy_c", "Ours, stage c (part crops, mean of the part logits)"),
-              ("accuracy", "Ours, combined (mean of the stage probabilities)")]
+STAGE_ROWS = [(labels.metric(s), labels.row(s)) for s in (*labels.PER_STAGE, "combined")]
+STAGE_COLUMNS = [labels.column(s) for s in (*labels.PER_STAGE, "combined")]
 
 
 def published() -> dict:
@@ -144,33 +144,34 @@ def paper_table(key: str, pub: dict, results: dict) -> Table:
     return Table(key, f"{key.replace('table', 'Table ')}. {spec['caption']}", columns, rows, section, notes)
 
 
-def ablation_table(dataset: str, variants: list[str], results: dict) -> Table:
-    full = results.get(f"{dataset}/ablation/full") or results.get(f"{dataset}/multistage")
+def describe_variant(overrides: dict) -> str:
+    """``{"aug": {"erase_p": 0.0}}`` -> ``"aug.erase_p = 0.0"``."""
+    return ", ".join(f"{k} = {val}" for k, val in flatten(overrides).items())
+
+
+def ablation_table(dataset: str, variants: dict[str, dict], results: dict) -> Table:
+    """``variants``: name -> the keys it changes (``ablation.variants``); `full` is the multistage run."""
+    full = results.get(f"{dataset}/multistage")
     rows = []
-    names = variants if "full" in variants else ["full", *variants]
-    for v in names:
-        run = results.get(f"{dataset}/ablation/{v}")
-        if run is None and v == "full":
-            run = results.get(f"{dataset}/multistage")
-        switch = ", ".join(f"{k} = {val}" for k, val in VARIANTS[v].items()) or "(the multistage model as set)"
+    for v, overrides in {"full": {}, **variants}.items():
+        run = full if v == "full" else results.get(f"{dataset}/ablation/{v}")
+        switch = describe_variant(overrides) or "(the multistage model as set)"
         cells = [run.get(k) if run else None for k, _ in STAGE_ROWS]
         combined = run.get("accuracy") if run else None
         rows.append([v, switch, *cells, _delta(combined, full.get("accuracy") if full else None)])
-    notes = ["Each variant is a multistage training that differs from `full` in exactly the switch shown.",
+    notes = ["Each variant is a multistage training that differs from `full` in exactly the keys shown; "
+             "`full` is the `multistage` stage's run.",
              "Accuracy (%) on the test split at the final epoch; Δ: combined accuracy minus that of `full`.",
              NOT_MEASURED + " A stage a variant switches off has no accuracy."]
-    if "full" not in variants:
-        notes.append("`full` is the `multistage` stage's run (the same configuration).")
     return Table(f"ablation_{dataset}", f"Ablation on {DATASET_TITLES[dataset]} (accuracy, %)",
-                 ["Variant", "Differs from full in", "a (full image)", "b (object)", "c (parts)", "combined",
-                  "Δ combined"], rows, notes=notes)
+                 ["Variant", "Differs from full in", *STAGE_COLUMNS, "Δ combined"], rows, notes=notes)
 
 
-def digits_table(results: dict) -> Table:
+def digits_table(results: dict, variants: list[str]) -> Table:
     """The CPU benchmark: every digits run with its stages, localisation and time per epoch."""
     runs = [("baseline", "ViT (baseline, full image)"), ("baseline_equal_time", "ViT (baseline, the multistage model's wall-clock time)"),
             ("multistage", "Ours (multistage)")]
-    runs += [(f"ablation/{v}", f"ablation: {v}") for v in VARIANTS if f"digits/ablation/{v}" in results]
+    runs += [(f"ablation/{v}", f"ablation: {v}") for v in variants if f"digits/ablation/{v}" in results]
     rows = []
     for key, label in runs:
         r = results.get(f"digits/{key}")
@@ -183,12 +184,13 @@ def digits_table(results: dict) -> Table:
              "attention object box covers at least half of the digit's true box; box IoU: their mean IoU.",
              NOT_MEASURED]
     return Table("digits", "Cluttered digits: the method on a CPU",
-                 ["Run", "a (full image)", "b (object)", "c (parts)", "combined", "box recall", "box IoU",
+                 ["Run", *STAGE_COLUMNS, "box recall", "box IoU",
                   "epochs", "s / epoch"], rows, notes=notes)
 
 
-def build_tables(results: dict, datasets: list[str], ablation: dict[str, list[str]]) -> list[Table]:
-    """Table 1, the paper tables whose datasets this profile runs, the ablations and the digits table."""
+def build_tables(results: dict, datasets: list[str], ablation: dict[str, dict[str, dict]]) -> list[Table]:
+    """``ablation``: dataset -> its variants (name -> the keys each changes, as ``ablation.variants``)."""
+    # Table 1, the paper tables whose datasets this profile runs, the ablations and the digits table
     pub = published()
     tables = [table1(pub, results, datasets)]
     for key in ("table2", "table3", "table4"):
@@ -197,7 +199,7 @@ def build_tables(results: dict, datasets: list[str], ablation: dict[str, list[st
     for d, variants in ablation.items():
         tables.append(ablation_table(d, variants, results))
     if "digits" in datasets:
-        tables.append(digits_table(results))
+        tables.append(digits_table(results, list(ablation.get("digits", {}))))
     return tables
 
 

@@ -1,0 +1,68 @@
+"""Where a run computes: its device, mixed precision, data loaders and (with DDP) its processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place among the DDP processes (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> "Dist":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        return cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def all_true(self, flag: bool, device) -> bool:
+        if self.world == 1:
+            return flag
+        t = torch.tensor([1 if flag else 0], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return bool(t.item())
+
+    def gather(self, obj) -> list:
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+
+def device_for(d: Dist = Dist()) -> torch.device:
+    """This process's GPU when there is one, else the CPU."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(d.local_rank)
+        return torch.device("cuda", d.local_rank)
+    return torch.device("cpu")
+
+
+def autocast_for(device: torch.device, enabled: bool):
+    """A context factory: bf16 autocast on CUDA (fp16 where bf16 is unsupported), nothing on the CPU."""
+    if device.type == "cuda" and enabled:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return lambda: torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext
+
+
+def make_loader(ds, *, workers: int, device: torch.device, **batching) -> DataLoader:
+    return DataLoader(ds, num_workers=workers, pin_memory=device.type == "cuda",
+                      prefetch_factor=4 if workers else None, **batching)

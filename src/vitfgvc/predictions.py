@@ -1,0 +1,66 @@
+"""A model's predictions over a split: what validation during training and the evaluation stage share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import labels
+
+
+@dataclass
+class Predictions:
+    """Per-image results of one split, in dataset order."""
+
+    index: np.ndarray                 # [N] dataset indices
+    labels: np.ndarray                # [N]
+    probs: dict[str, np.ndarray]      # stage -> [N, C]; "combined" always present
+    true_boxes: np.ndarray            # [N, 4] fractions of the view (NaN where none)
+    object_boxes: np.ndarray | None   # [N, 4] fractions predicted by the attention (multistage)
+
+    def sorted(self) -> "Predictions":
+        order = np.argsort(self.index, kind="stable")
+        return Predictions(self.index[order], self.labels[order], {k: v[order] for k, v in self.probs.items()},
+                           self.true_boxes[order],
+                           None if self.object_boxes is None else self.object_boxes[order])
+
+    @staticmethod
+    def concat(parts: list["Predictions"]) -> "Predictions":
+        first = parts[0]
+        return Predictions(
+            np.concatenate([p.index for p in parts]), np.concatenate([p.labels for p in parts]),
+            {k: np.concatenate([p.probs[k] for p in parts]) for k in first.probs},
+            np.concatenate([p.true_boxes for p in parts]),
+            None if first.object_boxes is None else np.concatenate([p.object_boxes for p in parts]))
+
+    def accuracies(self) -> dict[str, float]:
+        """Accuracy (%) of every stage and of the combined prediction: ``accuracy_a``, ..., ``accuracy``."""
+        return {labels.metric(stage): round(100 * float((p.argmax(1) == self.labels).mean()), 4)
+                for stage, p in self.probs.items()}
+
+
+@torch.no_grad()
+def predict(model, loader, device: torch.device, autocast) -> Predictions:
+    """Run ``model`` (in eval mode) over an evaluation ``loader`` of ``ManifestDataset`` items."""
+    was_training = model.training
+    model.eval()
+    index, targets, boxes, obj = [], [], [], []
+    probs: dict[str, list] = {}
+    try:
+        for images, y, idx, true_boxes, _draws in loader:
+            with autocast():
+                out = model(images.to(device, non_blocking=True))
+            for k, v in out.probabilities().items():
+                probs.setdefault(k, []).append(v.float().cpu().numpy())
+            index.append(idx.numpy())
+            targets.append(y.numpy())
+            boxes.append(true_boxes.numpy())
+            if out.object_boxes is not None:
+                obj.append(out.object_boxes.float().cpu().numpy())
+    finally:
+        model.train(was_training)
+    return Predictions(np.concatenate(index), np.concatenate(targets),
+                       {k: np.concatenate(v) for k, v in probs.items()}, np.concatenate(boxes),
+                       np.concatenate(obj) if obj else None)
