@@ -37,11 +37,13 @@ def pipeline_order(profile: Path) -> list[str]:
     import yaml
 
     p = yaml.safe_load(profile.read_text())
-    datasets = p["pipeline"]["datasets"]
+    datasets, equal_time = p["pipeline"]["datasets"], p["pipeline"]["equal_time"]
+    ablations = [f"{d}-{v}" for d in p["ablation"]["datasets"] for v in p["ablation"]["variants"]]
     return [*(f"{s}@{d}" for s in ("download", "prepare", "baseline", "multistage") for d in datasets),
-            *(f"baseline_equal_time@{d}" for d in p["pipeline"]["equal_time"]),
-            *(f"ablate@{d}-{v}" for d in p["ablation"]["datasets"] for v in p["ablation"]["variants"]),
-            "tables", "figures"]
+            *(f"evaluate@{d}-{m}" for d in datasets for m in ("baseline", "multistage")),
+            *(f"{s}@{d}" for s in ("baseline_equal_time", "evaluate_equal_time") for d in equal_time),
+            *(f"{s}@{a}" for s in ("ablate", "evaluate_ablation") for a in ablations),
+            *(f"figures@{d}" for d in datasets), "tables"]
 
 
 def noop_repro(repeats: int) -> dict:
