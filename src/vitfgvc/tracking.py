@@ -140,12 +140,12 @@ def dataset_inputs(manifest_csv: Path, dataset: str, splits: Iterable[str] | Non
         split_rows = [r for r in rows if r[at] == split]
         if not split_rows:
             continue
-        with warnings.catch_warnings():  # MLflow's hint about integer columns, for model signatures
+        data = PandasDataset(table[table["split"] == split].reset_index(drop=True), source, targets="label",
+                             name=f"{dataset}-{split}", digest=split_digest(header, split_rows))
+        with warnings.catch_warnings():  # MLflow's hint on integer columns, meant for model signatures
             warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
-            data = PandasDataset(table[table["split"] == split].reset_index(drop=True), source, targets="label",
-                                 name=f"{dataset}-{split}", digest=split_digest(header, split_rows))
-        inputs.append(DatasetInput(Dataset(**data.to_dict()), tags=[InputTag("mlflow.data.context",
-                                                                              SPLIT_CONTEXT[split])]))
+            entity = Dataset(**data.to_dict())
+        inputs.append(DatasetInput(entity, tags=[InputTag("mlflow.data.context", SPLIT_CONTEXT[split])]))
     return inputs
 
 
