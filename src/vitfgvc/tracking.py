@@ -246,13 +246,14 @@ class Tracker:
         """Continue a run another process made (the evaluation of a training's run): RUNNING again.
 
         Its source, params and earlier metrics stay; ``tags`` are added (or updated). Raises
-        :class:`RunNotFound` if the store has no such run (e.g. the store was deleted since).
+        :class:`RunNotFound` if the store has no such active run (e.g. the weights came from
+        ``dvc pull`` of another machine's training): the caller may :meth:`start` a new run instead.
         """
         from mlflow.entities import RunTag
 
         if not self._exists(run_id):
-            raise RunNotFound(f"MLflow run {run_id} is not in {self.uri}: was the store deleted or "
-                              "moved since the training logged it?")
+            raise RunNotFound(f"MLflow run {run_id} is not in {self.uri} (or was deleted there): the model "
+                              "was trained against another store, or this one was replaced since")
         self.run_id = run_id
         self._call(self.client.update_run, run_id, status="RUNNING")
         if tags:
