@@ -238,7 +238,7 @@ def train(cfg: RunConfig, paths: RunPaths, *, stage: str, tracker_factory=None, 
     random.seed(cfg.seed)
 
     manifest = Manifest.read(paths.data)
-    size = cfg.high_res if cfg.model == "multistage" else cfg.backbone.img_size
+    size = cfg.high_res  # both models take the high-res view (the baseline resizes it), as in the original
     train_ds = ManifestDataset(manifest, "train", size, train=True, transform=cfg.transform, seed=cfg.seed)
     test_ds = ManifestDataset(manifest, "test", size, train=False)
     has_val = (manifest.table["split"] == "val").any()
