@@ -219,9 +219,9 @@ def affine(x: torch.Tensor, boxes, d: AffineDraw):
     left, top = (max(0, -math.floor(v - 0.5)) for v in lo.tolist())
     right, bottom = (max(0, math.floor(v - 0.5) + 2 - size) for v in hi.tolist())
     padded = _reflect_pad(x, left, top, right, bottom)
-    shift = lambda pts: [[px + left, py + top] for px, py in pts]  # noqa: E731
-    out = F.perspective(padded, startpoints=shift(start), endpoints=shift(end), interpolation=BILINEAR)
-    x = F.crop(out, top, left, size, size)
+    start_p, end_p = ([[px + left, py + top] for px, py in pts] for pts in (start, end))  # the padded frame
+    x = F.crop(F.perspective(padded, startpoints=start_p, endpoints=end_p, interpolation=BILINEAR),
+               top, left, size, size)
     boxes = None if boxes is None else F.perspective(boxes, startpoints=start, endpoints=end)
     return x, boxes
 
