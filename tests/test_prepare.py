@@ -70,11 +70,27 @@ def test_gray_cmyk_and_png_named_jpg_become_rgb(tmp_path):
                 assert (im.format, im.mode) == ("JPEG", "RGB")
 
 
-def test_images_are_never_upscaled_and_longer_side_is_capped(tmp_path):
-    fx, _, _, table = run(tmp_path, "cub", **{"datasets.cub.high_res": 90})
+def test_images_are_never_upscaled_and_shorter_side_is_capped(tmp_path):
+    fx, _, _, table = run(tmp_path, "cub", **{"datasets.cub.high_res": 40})
+    shrunk = 0
     for r in fx.records:
         row = table.set_index("source").loc[r.source]
-        assert max(row.width, row.height) == min(90, max(r.size))
+        assert min(row.width, row.height) == min(40, min(r.size)), r.source
+        assert abs(row.width / row.height - r.size[0] / r.size[1]) < 0.05, r.source  # aspect kept
+        shrunk += min(r.size) > 40 and max(row.width, row.height) > 40
+    assert shrunk  # the longer side is not capped: it follows the shorter one
+
+
+@pytest.mark.parametrize("size, high_res, stored", [
+    ((500, 375), 448, (500, 375)),    # CUB-like: already below high_res on its shorter side, kept whole
+    ((375, 500), 448, (375, 500)),
+    ((1024, 512), 448, (896, 448)),   # 2:1 Cars-like: the shorter side shrunk to high_res, the longer follows
+    ((512, 1024), 512, (512, 1024)),
+    ((2000, 1500), 448, (597, 448)),
+    ((448, 448), 448, (448, 448)),
+])
+def test_stored_size_caps_the_shorter_side(size, high_res, stored):
+    assert target_size(*size, high_res) == stored
 
 
 def test_plant_test_split_is_stratified_and_seeded(tmp_path):

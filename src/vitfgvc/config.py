@@ -147,7 +147,8 @@ class DatasetConfig(Section):
     path: str | None = Field(default=None, description="local folder with the original files or their extracted tree")
     urls: list[UrlFile] = []
     kaggle: KaggleSource | None = None
-    high_res: PosInt = 448
+    high_res: PosInt = Field(default=448, description="side of the square views (training and evaluation) and "
+                             "the most the shorter side of a stored image keeps; objects and parts are cut from it")
     val_fraction: UnitOpen = 0.0
     test_fraction: UnitOpen = 0.0
     synth: SynthConfig = SynthConfig()
@@ -167,13 +168,37 @@ class ModelSection(Section):
     kwargs: dict[str, int | float | str | bool] = {}
 
 
+PosPair = Annotated[list[PosFloat], Field(min_length=2, max_length=2), AfterValidator(_ordered_pair)]
+
+
 class TransformSection(Section):
-    """Standard augmentation, used by every model."""
+    """The standard views of every model: fastai's ``RandomResizedCrop`` + ``aug_transforms()``.
+
+    Training: a random resized crop of the stored image to ``high_res``, then per sample a
+    flip, one affine/perspective resampling (rotation, zoom, warp; reflection padding) and
+    lighting (brightness, contrast in logit space), then normalisation and optional noise.
+    Evaluation: ``eval_view``. See ``vitfgvc.data.transforms`` for the exact draws.
+    """
 
     rrc_scale: Annotated[list[Annotated[float, _in(0, 1, lo_open=True)]], Field(min_length=2, max_length=2),
-                         AfterValidator(_ordered_pair)] = [0.75, 1.0]
-    hflip: Unit = 0.5
-    noise: NonNegFloat = 0.0
+                         AfterValidator(_ordered_pair)] = Field(
+        default=[0.75, 1.0], description="area of the random resized crop, fraction of the image")
+    rrc_ratio: PosPair = Field(default=[3 / 4, 4 / 3], description="aspect (w/h) of the crop, in the image's pixels")
+    hflip: Unit = Field(default=0.5, description="probability of a horizontal flip")
+    affine_p: Unit = Field(default=0.75, description="probability of each of rotation, zoom, warp x, warp y")
+    max_rotate: Annotated[float, _in(0, 180)] = Field(default=10.0, description="degrees, drawn in [-max, max]")
+    zoom: PosPair = Field(default=[1.0, 1.1], description="zoom factor range (>1 zooms in) at a random centre")
+    max_warp: Annotated[float, _in(0, 1, hi_open=True)] = Field(
+        default=0.2, description="perspective warp magnitude, drawn in [-max, max] per axis")
+    lighting_p: Unit = Field(default=0.75, description="probability of each of brightness, contrast")
+    max_lighting: Annotated[float, _in(0, 1, hi_open=True)] = Field(
+        default=0.2, description="brightness in 0.5*(1 +- max) and contrast in (1-max)^(+-1), logit space")
+    noise: NonNegFloat = Field(default=0.0, description="std of additive Gaussian noise on the normalised image")
+    eval_view: Literal["center_crop", "squash"] = Field(
+        default="center_crop", description="center_crop: squash to size + extra, centre-crop size; squash: "
+                                           "the whole image squashed to size")
+    eval_extra: NonNegFloat = Field(
+        default=0.14, description="center_crop's margin: extra = ceil(size * eval_extra / 8) * 8 px")
 
 
 class MultistageSection(Section):

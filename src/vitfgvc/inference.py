@@ -38,17 +38,17 @@ class Loaded:
 
     @property
     def input_size(self) -> int:
-        """The side images are resized to: the high-res size (multistage) or the model's input size."""
+        """The side of the evaluation view: the high-res size (both models; the model resizes it itself)."""
         return self.model.input_size
 
     def preprocess(self, img: Image.Image) -> torch.Tensor:
-        """As the pipeline: the longer side capped at the high-res size (prepare), then the evaluation view."""
+        """As the pipeline: the shorter side capped at the high-res size (prepare), then the evaluation view."""
         img = img.convert("RGB")
         if self.cfg.high_res:
             size = target_size(*img.size, self.cfg.high_res)
             if size != img.size:
                 img = img.resize(size, Image.BICUBIC)
-        return eval_image(img, self.input_size)
+        return eval_image(img, self.input_size, self.cfg.transform)
 
 
 def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Loaded:

@@ -79,7 +79,7 @@ class Baseline(nn.Module):
     def __init__(self, net: FGVCViT, cfg: RunConfig):
         super().__init__()
         self.net, self.cfg = net, cfg
-        self.input_size = cfg.backbone.img_size
+        self.input_size = cfg.high_res  # fed the multistage model's view; forward resizes it
 
     def set_epoch(self, epoch: int) -> None:
         """Nothing changes with the epoch for the baseline."""

@@ -361,7 +361,7 @@ def train(cfg: RunConfig, runtime: RuntimeSection, paths: RunPaths, *, stage: st
     random.seed(cfg.seed)
 
     manifest = Manifest.read(paths.data)
-    size = cfg.high_res if cfg.model == "multistage" else cfg.backbone.img_size
+    size = cfg.high_res  # both models take the high-res view (the baseline resizes it), as in the original
     train_ds = ManifestDataset(manifest, "train", size, train=True, transform=cfg.transform, seed=cfg.seed)
     val_ds = ManifestDataset(manifest, "val", size, train=False) if (manifest.table["split"] == "val").any() \
         else None

@@ -11,7 +11,6 @@ the number of processes either.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from torch.utils.data import Dataset
 
 from ..config import TransformSection
 from ..errors import UserError
+from .transforms import eval_view, train_view
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -78,45 +78,18 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
     return (x * std + mean).clamp(0, 1)
 
 
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
-
-
-def eval_image(img: Image.Image, size: int) -> torch.Tensor:
-    """The evaluation view: the whole image squashed to ``size`` x ``size``, normalised."""
-    return normalize(to_tensor(img.convert("RGB").resize((size, size), Image.BILINEAR)))
-
-
-def _rrc_box(w: int, h: int, scale, ratio, g: torch.Generator) -> tuple[float, float, float, float]:
-    """torchvision's RandomResizedCrop parameters, drawn from ``g``: (left, top, right, bottom)."""
-    area = w * h
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        u = torch.rand(3, generator=g).tolist()
-        target = area * (scale[0] + u[0] * (scale[1] - scale[0]))
-        aspect = math.exp(log_ratio[0] + u[1] * (log_ratio[1] - log_ratio[0]))
-        cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
-        if 0 < cw <= w and 0 < ch <= h:
-            left = int(torch.randint(0, w - cw + 1, (1,), generator=g))
-            top = int(torch.randint(0, h - ch + 1, (1,), generator=g))
-            return left, top, left + cw, top + ch
-    # fallback: the central crop at the nearest allowed aspect ratio
-    in_ratio = w / h
-    if in_ratio < ratio[0]:
-        cw, ch = w, round(w / ratio[0])
-    elif in_ratio > ratio[1]:
-        cw, ch = round(h * ratio[1]), h
-    else:
-        cw, ch = w, h
-    left, top = (w - cw) // 2, (h - ch) // 2
-    return left, top, left + cw, top + ch
+def eval_image(img: Image.Image, size: int, transform: TransformSection | None = None) -> torch.Tensor:
+    """The evaluation view of ``transform`` (``eval_view``; default: fastai's centre crop), normalised."""
+    return normalize(eval_view(img.convert("RGB"), None, size, transform or TransformSection())[0])
 
 
 class ManifestDataset(Dataset):
     """Images of one split at ``size`` x ``size``, with label, index, box and per-sample draws.
 
     Items are ``(image [3, size, size], label, index, box_xyxy [4] in fractions of
-    the image (NaN if none), draws [NUM_DRAWS] uniforms)``.
+    the view (NaN if none or out of the view), draws [NUM_DRAWS] uniforms)``. The view
+    is ``transform``'s training view (``train=True``) or its evaluation view; see
+    :mod:`vitfgvc.data.transforms`.
     """
 
     def __init__(self, manifest: Manifest, split: str, size: int, *, train: bool,
@@ -141,25 +114,19 @@ class ManifestDataset(Dataset):
     def __getitem__(self, index: int):
         with Image.open(self.paths[index]) as im:
             img = im.convert("RGB")
-        box = torch.tensor(self.boxes[index], dtype=torch.float32)
+        w, h = img.size
+        box_xyxy = torch.tensor(self.boxes[index] * (w, h, w, h), dtype=torch.float32)
         g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, index))
         draws = torch.rand(NUM_DRAWS, generator=g)
         if not self.train:
-            return eval_image(img, self.size), int(self.labels[index]), index, box, draws
-        t = self.transform
-        w, h = img.size
-        left, top, right, bottom = _rrc_box(w, h, t.rrc_scale, (3 / 4, 4 / 3), g)
-        img = img.resize((self.size, self.size), Image.BILINEAR, box=(left, top, right, bottom))
-        # the box follows the crop (used for diagnostics only; training never reads it)
-        box = (box * torch.tensor([w, h, w, h]) - torch.tensor([left, top, left, top])) / torch.tensor(
-            [right - left, bottom - top, right - left, bottom - top])
-        if float(torch.rand(1, generator=g)) < t.hflip:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
-            box = torch.stack([1 - box[2], box[1], 1 - box[0], box[3]])
-        x = normalize(to_tensor(img))
-        if t.noise > 0:
-            x = x + t.noise * torch.randn(x.shape, generator=g)
-        return x, int(self.labels[index]), index, box.clamp(0, 1), draws
+            x, box = eval_view(img, box_xyxy, self.size, self.transform)
+            return normalize(x), int(self.labels[index]), index, box, draws
+        # the box follows the view (diagnostics only: training never reads it)
+        x, box = train_view(img, box_xyxy, self.size, self.transform, g)
+        x = normalize(x)
+        if self.transform.noise > 0:
+            x = x + self.transform.noise * torch.randn(x.shape, generator=g)
+        return x, int(self.labels[index]), index, box, draws
 
 
 class EpochBatches(torch.utils.data.Sampler):

@@ -7,7 +7,9 @@ Output ``data/prepared/<name>/``:
   in pixels of the stored image, empty where the dataset has none), ``source``
   (the original relative path inside the dataset), ``width``, ``height``;
 - ``classes.csv`` (``label, class_name``); ``rejected.csv`` (``source, reason``);
-- ``images/``: RGB JPEGs whose longer side is at most ``high_res`` (never upscaled).
+- ``images/``: RGB JPEGs whose shorter side is at most ``high_res`` (never upscaled, aspect
+  kept; a 500x375 image stays as it is, 1024x512 becomes 896x448), so that the square
+  ``high_res`` views of training and evaluation are cut from real pixels, not upsampled ones.
 
 The folder is built beside its final place and renamed into it when complete.
 """
@@ -46,12 +48,13 @@ class _Task:
 
 
 def target_size(w: int, h: int, high_res: int) -> tuple[int, int]:
-    scale = min(1.0, high_res / max(w, h))
+    """The stored size of a ``w`` x ``h`` image: the shorter side shrunk to ``high_res``, never enlarged."""
+    scale = min(1.0, high_res / min(w, h))
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
 def convert_image(task: _Task) -> tuple[tuple[int, int], tuple[int, int]] | str:
-    """Decode, convert to RGB, shrink to ``high_res``, save as JPEG: (original size, stored size) or the error."""
+    """Decode, convert to RGB, shrink to the stored size, save as JPEG: (original size, stored size) or the error."""
     try:
         with Image.open(task.src) as im:
             w, h = im.size
