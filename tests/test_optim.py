@@ -1,4 +1,4 @@
-"""The optimiser and schedule: the parameter groups of each phase, ranger and the one-cycle against fastai's formulas."""
+"""The optimiser and schedule: the parameter groups of each phase; ranger and the one-cycle against fastai's."""
 
 from __future__ import annotations
 
@@ -82,7 +82,8 @@ def test_groups_split_encoder_norm_head_and_decay_as_fastai():
     # no decay on exactly fastai's wd_bn_bias=False set: norm layers and every module's bias
     no_decay = {n for (_, decay), ns in members.items() if not decay for n in ns}
     assert no_decay == {names[id(p)] for p in fastai_norm_bias_params(net)}
-    assert {"encoder.blocks.0.norm1.weight", "encoder.blocks.1.attn.qkv.bias", "encoder.patch_embed.proj.bias"} <= no_decay
+    assert {"encoder.blocks.0.norm1.weight", "encoder.blocks.1.attn.qkv.bias",
+            "encoder.patch_embed.proj.bias"} <= no_decay
     # fastai does not list cls_token / pos_embed: the original decayed them, and so does this
     assert {"encoder.cls_token", "encoder.pos_embed"} <= set(members["encoder", True])
     assert {g["weight_decay"] for g in groups if g["decay"]} == {0.01}

@@ -36,14 +36,14 @@ from torch.optim.lr_scheduler import OneCycleLR
 from .config import TrainSection
 from .errors import UserError
 
-__all__ = ["PARTS", "Lookahead", "Phase", "PerStep", "build_optimizer", "lr_max", "param_groups", "phase_scheduler",
-           "reset_state", "set_trainable", "start_phase"]
+__all__ = ["PARTS", "Lookahead", "PerStep", "PhaseLike", "build_optimizer", "lr_max", "param_groups", "phase_scheduler",
+           "ranger", "reset_state", "set_trainable", "start_phase"]
 
 PARTS = ("encoder", "norm", "head")  # the original's parameter groups, in its order
 FINAL_NORMS = ("norm", "fc_norm")    # the timm encoder's norms after the last block (the original's `norm` group)
 
 
-class Phase(Protocol):
+class PhaseLike(Protocol):
     """What a training phase tells this module (``vitfgvc.training.Phase`` has these fields)."""
 
     epochs: int
@@ -99,8 +99,8 @@ def set_trainable(net: nn.Module, frozen: bool) -> None:
         p.requires_grad_(not frozen or name in keep or _part(name) != "encoder")
 
 
-def lr_max(part: str, phase: Phase, train_cfg: TrainSection) -> float:
-    """A group's peak learning rate in a phase: the phase's lr, the encoder's divided by ``encoder_lr_div`` once unfrozen."""
+def lr_max(part: str, phase: PhaseLike, train_cfg: TrainSection) -> float:
+    """A group's peak lr in a phase: the phase's lr, the encoder's divided by ``encoder_lr_div`` once unfrozen."""
     return phase.lr / train_cfg.encoder_lr_div if part == "encoder" and not phase.frozen else phase.lr
 
 
@@ -198,7 +198,7 @@ def _one_cycle(optimizer, peaks: list[float], steps: int, t: TrainSection) -> On
                       final_div_factor=t.div_final / t.div, three_phase=False)
 
 
-def _timm_schedule(optimizer, peaks: list[float], phase: Phase, t: TrainSection, steps_per_epoch: int) -> PerStep:
+def _timm_schedule(optimizer, peaks: list[float], phase: PhaseLike, t: TrainSection, steps_per_epoch: int) -> PerStep:
     for group, peak in zip(optimizer.param_groups, peaks):
         group["lr"] = group["initial_lr"] = peak  # timm only sets initial_lr once: each phase has its own peaks
     low = min(peaks)
@@ -210,7 +210,7 @@ def _timm_schedule(optimizer, peaks: list[float], phase: Phase, t: TrainSection,
     return PerStep(sched)
 
 
-def phase_scheduler(optimizer: torch.optim.Optimizer, phase: Phase, train_cfg: TrainSection,
+def phase_scheduler(optimizer: torch.optim.Optimizer, phase: PhaseLike, train_cfg: TrainSection,
                     steps_per_epoch: int) -> OneCycleLR | PerStep:
     """The learning-rate (and, for one_cycle, beta1) schedule of one phase; call ``.step()`` after each optimiser step.
 
@@ -226,7 +226,7 @@ def phase_scheduler(optimizer: torch.optim.Optimizer, phase: Phase, train_cfg: T
     return _timm_schedule(optimizer, peaks, phase, train_cfg, steps_per_epoch)
 
 
-def start_phase(net: nn.Module, optimizer: torch.optim.Optimizer, phase: Phase, train_cfg: TrainSection,
+def start_phase(net: nn.Module, optimizer: torch.optim.Optimizer, phase: PhaseLike, train_cfg: TrainSection,
                 steps_per_epoch: int) -> OneCycleLR | PerStep:
     """Begin a phase as fastai's ``freeze_to`` / ``unfreeze`` + ``fit_one_cycle`` did: set what trains, clear the
     optimiser's state, and return the phase's schedule. (On resume: call it, then load the saved states.)"""
