@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model,
+                      field_validator, model_validator)
 
 from .errors import UserError
 
@@ -113,6 +114,10 @@ class DownloadSection(Section):
     cache_dir: str = "data/downloads"
 
 
+# fastai's one-cycle (torch's OneCycleLR), or a per-step timm scheduler (not "plateau": it needs a metric)
+Schedule = Literal["one_cycle", "cosine", "tanh", "step", "multistep", "poly", "constant", "wsd", "rsqrt"]
+
+
 class TrainSection(Section):
     batch_size: PosInt = 16
     epochs_frozen: NonNegInt = 2
@@ -120,15 +125,30 @@ class TrainSection(Section):
     lr_frozen: PosFloat = 3.0e-3
     lr: PosFloat = 1.0e-3
     encoder_lr_div: PosFloat = 50.0
-    opt: str = "lookahead_radam"
+    # optimiser and schedule (vitfgvc.optim): the original's fastai `ranger` + `fit_one_cycle` by default
+    opt: str = Field(default="ranger", description="'ranger' (Lookahead over RAdam) or a timm optimiser name")
+    betas: Annotated[list[UnitOpen], Field(min_length=2, max_length=2)] = [0.95, 0.99]
+    eps: PosFloat = 1.0e-6
     weight_decay: NonNegFloat = 0.01
-    sched: str = "cosine"
+    lookahead_k: PosInt = 6
+    lookahead_alpha: Unit = 0.5
+    sched: Schedule = "one_cycle"
     warmup: Unit = 0.5
+    div: PosFloat = 25.0
+    div_final: PosFloat = 1.0e5
+    moms: Annotated[list[UnitOpen], Field(min_length=2, max_length=2)] = [0.95, 0.85]
     min_lr_ratio: Unit = 1.0e-4
     label_smoothing: UnitOpen = 0.1
     grad_clip: NonNegFloat = 0.0
     amp: bool = True
     deterministic: bool = False
+
+    @field_validator("warmup")
+    @classmethod
+    def _one_cycle_warms_up(cls, v: float, info: ValidationInfo) -> float:
+        if v == 0 and info.data.get("sched") == "one_cycle":
+            raise ValueError("must be > 0 with sched one_cycle (the fraction of each phase's steps before the peak)")
+        return v
 
 
 def _partial(model: type[BaseModel], name: str) -> type[BaseModel]:
