@@ -20,8 +20,10 @@ import torch
 import yaml
 
 from vitfgvc.config import Params
+from vitfgvc.data.loader import NUM_DRAWS
 from vitfgvc.multistage import build
-from vitfgvc.training import Phase, _optimizer_and_schedule, loss_of
+from vitfgvc.optim import build_optimizer, start_phase
+from vitfgvc.training import Phase, loss_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,12 +51,13 @@ def measure(batch: int = 8, repeats: int = 5, warmup: int = 1, threads: int | No
         cfg = _config(model_name, erase_p, name, img_size, high_res, kwargs)
         torch.manual_seed(0)
         model = build(cfg, classes).train()
-        opt, _ = _optimizer_and_schedule(model.net, Phase("all", 1, 1e-4, False), cfg, steps_per_epoch=100)
+        opt = build_optimizer(model.net, cfg.train)
+        start_phase(model.net, opt, Phase("all", 1, 1e-4, False), cfg.train, steps_per_epoch=100)
         size = high_res if model_name == "multistage" else img_size
         g = torch.Generator().manual_seed(0)
         images = torch.randn(batch, 3, size, size, generator=g)
         labels = torch.randint(0, classes, (batch,), generator=g)
-        draws = torch.rand(batch, 4, generator=g)
+        draws = torch.rand(batch, NUM_DRAWS, generator=g)
         setups[key] = (cfg, model, opt, images, labels, draws)
 
     def step(key):

@@ -15,6 +15,14 @@ from vitfgvc.evaluate import evaluate_model
 from vitfgvc.tracking import Tracker
 
 
+def stage_name(args) -> str:
+    if args.run.startswith("ablation/"):
+        return f"evaluate_ablation@{args.dataset}-{args.run.split('/', 1)[1]}"
+    if args.run == "baseline_equal_time":
+        return f"evaluate_equal_time@{args.dataset}"
+    return f"evaluate@{args.dataset}-{args.run}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", required=True, choices=DATASETS)
@@ -24,7 +32,7 @@ def main() -> None:
     runtime = load_params(args.params).runtime
     result = evaluate_model(Path("models") / args.dataset / args.run, Path("data/prepared") / args.dataset,
                             Path("evaluation") / args.dataset / args.run,
-                            Path("metrics") / args.dataset / f"{args.run}.json", runtime,
+                            Path("metrics") / args.dataset / f"{args.run}.json", runtime, stage=stage_name(args),
                             tracker_factory=lambda: Tracker(runtime.mlflow_experiment))
     stages = ", ".join(f"{k[-1]} {result[k]:.2f}" for k in ("accuracy_a", "accuracy_b", "accuracy_c")
                        if result.get(k) is not None)

@@ -25,6 +25,7 @@ from .devices import autocast_for, device_for, make_loader
 from .inference import TRAINING_SUMMARY, load_model_dir
 from .io import write_json
 from .predictions import Predictions, predict
+from .tracking import RunNotFound
 
 
 def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -103,14 +104,15 @@ def prediction_table(pred: Predictions, dataset: ManifestDataset, classes: list[
 
 
 def evaluate_model(model_dir: Path, data: Path, out_dir: Path, metrics_path: Path, runtime: RuntimeSection, *,
-                   tracker_factory=None) -> dict:
+                   stage: str = "evaluate", tracker_factory=None) -> dict:
     """Evaluate a model directory on the test split of ``data``; write ``out_dir`` and ``metrics_path``.
 
     ``out_dir`` gets the test predictions, per-class accuracy, the confusion matrix (CSV and
     PNG) and a sample attention figure, written beside it and renamed into place when
     complete; ``metrics_path`` the metrics JSON the tables read: the test metrics and the
     training's summary. With ``tracker_factory`` the metrics and figures are logged to the
-    training's own MLflow run.
+    training's own MLflow run (a new run where that one is not in the store, e.g. a model
+    fetched with ``dvc pull`` from another machine).
     """
     from . import viz
 
@@ -141,17 +143,27 @@ def evaluate_model(model_dir: Path, data: Path, out_dir: Path, metrics_path: Pat
               **{k: training[k] for k in ("epochs", "train_seconds", "seconds_per_epoch", "train_images_per_s",
                                           "final_train_loss", "hardware")}}
     write_json(metrics_path, result)
-    run_id = training.get("mlflow_run_id")
-    if tracker_factory is not None and run_id:
-        tracker = tracker_factory()
-        tracker.start(cfg.run_name, tags={}, params={}, run_id=run_id)
-        status = "FAILED"
-        try:
-            tracker.log_metrics({f"test_{k}": v for k, v in result.items()
-                                 if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=result["epochs"])
-            for name in ("confusion.png", "attention.png", "per_class.csv"):
-                tracker.log_artifact(out_dir / name)
-            status = "FINISHED"
-        finally:
-            tracker.finish(status)
+    if tracker_factory is not None:
+        _log_evaluation(tracker_factory(), cfg, training, result, data, out_dir, stage)
     return result
+
+
+def _log_evaluation(tracker, cfg, training: dict, result: dict, data: Path, out_dir: Path, stage: str) -> None:
+    tags = {"dvc_eval_stage": stage}
+    try:
+        if not training.get("mlflow_run_id"):
+            raise RunNotFound("the training logged no run")
+        tracker.attach(training["mlflow_run_id"], tags=tags)
+    except RunNotFound:
+        tracker.start(cfg.run_name, tags={"dataset": cfg.dataset, "model": cfg.model, "variant": cfg.variant or "",
+                                          **tags}, params=cfg.model_dump(mode="json"), source=stage)
+    status = "FAILED"
+    try:
+        tracker.log_data(data / "manifest.csv", cfg.dataset, splits=("test",))
+        tracker.log_metrics({f"test_{k}": v for k, v in result.items()
+                             if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=result["epochs"])
+        for name in ("confusion.png", "attention.png", "per_class.csv"):
+            tracker.log_artifact(out_dir / name)
+        status = "FINISHED"
+    finally:
+        tracker.finish(status)

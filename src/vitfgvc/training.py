@@ -31,8 +31,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 from tqdm import tqdm
 
 from .config import RunConfig, RuntimeSection
@@ -42,6 +40,7 @@ from .errors import UserError
 from .inference import CLASSES, CONFIG, TRAINING_SUMMARY, WEIGHTS
 from .io import atomic_write_bytes, write_json, write_text
 from .multistage import build, joint_loss
+from .optim import build_optimizer, start_phase
 from .predictions import Predictions, predict
 
 CHECKPOINT_FORMAT = 2
@@ -78,40 +77,6 @@ def phases(cfg: RunConfig) -> list[Phase]:
     return [p for p in all_phases if p.epochs > 0]
 
 
-# ------------------------------------------------------------------ optimisation
-def _param_groups(net: torch.nn.Module, phase: Phase, cfg: RunConfig) -> list[dict]:
-    """Head (and, when frozen, the encoder's norms) at ``lr``; the rest of the encoder at ``lr / div``."""
-    norms = set(net.norm_param_names())
-    head, encoder = [], []
-    for name, p in net.named_parameters():
-        is_encoder = name.startswith("encoder.")
-        p.requires_grad_(not (phase.frozen and is_encoder and name not in norms))
-        if not p.requires_grad:
-            continue
-        (encoder if is_encoder and not phase.frozen else head).append(p)
-    wd = cfg.train.weight_decay
-    groups = []
-    for params, lr in ((head, phase.lr), (encoder, phase.lr / cfg.train.encoder_lr_div)):
-        decay = [p for p in params if p.ndim > 1]
-        no_decay = [p for p in params if p.ndim <= 1]  # biases and norms: no weight decay
-        groups += [{"params": g, "lr": lr, "weight_decay": w} for g, w in ((decay, wd), (no_decay, 0.0)) if g]
-    return groups
-
-
-def _optimizer_and_schedule(net, phase: Phase, cfg: RunConfig, steps_per_epoch: int):
-    t = cfg.train
-    groups = _param_groups(net, phase, cfg)
-    opt = create_optimizer_v2(groups, opt=t.opt, lr=phase.lr, weight_decay=t.weight_decay)
-    low = min(g["lr"] for g in groups)
-    # one cycle per phase: a linear warmup over the first `warmup` of the steps up to the peak,
-    # then the schedule's decay (cosine: annealing) over the rest
-    sched, _ = create_scheduler_v2(opt, sched=t.sched, num_epochs=(1 - t.warmup) * phase.epochs,
-                                   warmup_epochs=t.warmup * phase.epochs, warmup_prefix=True, warmup_lr=low / 25,
-                                   min_lr=low * t.min_lr_ratio, step_on_epochs=False,
-                                   updates_per_epoch=steps_per_epoch)
-    return opt, sched
-
-
 # ------------------------------------------------------------------ the state and its checkpoint
 def config_hash(cfg: RunConfig, manifest: Path) -> str:
     """What a checkpoint must have been written for: the resolved config (no runtime key) and the data."""
@@ -139,8 +104,8 @@ class TrainState:
 
     model: torch.nn.Module                 # Baseline | MultiStage (its ``.net`` holds the weights)
     scaler: torch.amp.GradScaler
-    optimizer: torch.optim.Optimizer | None = None
-    scheduler: object | None = None
+    optimizer: torch.optim.Optimizer       # one for the run (see vitfgvc.optim)
+    scheduler: object | None = None        # the current phase's, stepped once per optimiser step
     phase: int = 0                         # index into phases(cfg)
     epoch: int = 0                         # epochs completed over all phases
     step: int = 0                          # optimiser steps completed in the current epoch
@@ -150,7 +115,8 @@ class TrainState:
     mlflow_run_id: str | None = None
 
     def start_phase(self, index: int, phase: Phase, cfg: RunConfig, steps_per_epoch: int) -> None:
-        self.optimizer, self.scheduler = _optimizer_and_schedule(self.model.net, phase, cfg, steps_per_epoch)
+        """What trains, a cleared optimiser state and the phase's schedule (fastai's freeze_to + fit_one_cycle)."""
+        self.scheduler = start_phase(self.model.net, self.optimizer, phase, cfg.train, steps_per_epoch)
         if index != self.phase:
             self.phase, self.updates = index, 0
 
@@ -294,7 +260,8 @@ def train_one_epoch(state: TrainState, ctx: Context, ds: ManifestDataset, sample
         sums["loss"], sums["correct"], sums["images"] = total[0].item(), total[1].item(), int(total[2].item())
         stage_losses = {k: total[3 + i].item() for i, k in enumerate(keys)}
     images = max(sums["images"], 1)
-    return {"epoch": state.epoch + 1, "phase": phase.name, "lr": state.optimizer.param_groups[0]["lr"],
+    lrs = {g["part"]: g["lr"] for g in state.optimizer.param_groups}  # the last step's, per group
+    return {"epoch": state.epoch + 1, "phase": phase.name, "lr": lrs["head"], "lr_encoder": lrs.get("encoder"),
             "train_loss": round(sums["loss"] / images, 6), "train_acc": round(100 * sums["correct"] / images, 4),
             **{f"train_loss_{k}": round(v / images, 6) for k, v in sorted(stage_losses.items())},
             "seconds": round(seconds, 3), "images_per_s": round(sums["images"] / max(seconds, 1e-9), 2)}
@@ -328,7 +295,7 @@ def _optimizer_step(state: TrainState, cfg: RunConfig) -> None:
     scaler.update()
     opt.zero_grad(set_to_none=True)
     state.updates += 1
-    state.scheduler.step_update(num_updates=state.updates)
+    state.scheduler.step()
 
 
 def validate(state: TrainState, ctx: Context, ds: ManifestDataset) -> dict:
@@ -363,8 +330,8 @@ def train(cfg: RunConfig, runtime: RuntimeSection, paths: RunPaths, *, stage: st
     manifest = Manifest.read(paths.data)
     size = cfg.high_res  # both models take the high-res view (the baseline resizes it), as in the original
     train_ds = ManifestDataset(manifest, "train", size, train=True, transform=cfg.transform, seed=cfg.seed)
-    val_ds = ManifestDataset(manifest, "val", size, train=False) if (manifest.table["split"] == "val").any() \
-        else None
+    val_ds = ManifestDataset(manifest, "val", size, train=False, transform=cfg.transform) \
+        if (manifest.table["split"] == "val").any() else None
     sampler = EpochBatches(len(train_ds), cfg.train.batch_size, seed=cfg.seed, rank=d.rank, world=d.world,
                            accum=runtime.accum_steps)
 
@@ -374,7 +341,7 @@ def train(cfg: RunConfig, runtime: RuntimeSection, paths: RunPaths, *, stage: st
                                   and not torch.cuda.is_bf16_supported())
     ctx = Context(cfg, runtime, paths, stage, d, device,
                   Checkpoints(paths.checkpoints, config_hash(cfg, paths.data / "manifest.csv")), progress=progress)
-    state = TrainState(model, scaler)
+    state = TrainState(model, scaler, build_optimizer(model.net, cfg.train))
     resumed = ctx.ckpt.load()
     if resumed is not None:
         state.load_state_dict(resumed)
@@ -382,7 +349,9 @@ def train(cfg: RunConfig, runtime: RuntimeSection, paths: RunPaths, *, stage: st
     if d.main and tracker_factory is not None:
         ctx.tracker = tracker_factory()
         state.mlflow_run_id = ctx.tracker.start(cfg.run_name, tags=_tags(cfg, stage),
-                                                params=cfg.model_dump(mode="json"), run_id=state.mlflow_run_id)
+                                                params=cfg.model_dump(mode="json"), source=stage,
+                                                run_id=state.mlflow_run_id)
+        ctx.tracker.log_data(paths.data / "manifest.csv", cfg.dataset, splits=("train", "val"))
 
     status = "FAILED"
     try:
@@ -405,10 +374,6 @@ def _run_phases(state: TrainState, ctx: Context, train_ds, sampler: EpochBatches
                 resumed: dict | None) -> None:
     """Every phase from where ``state`` stands (``resumed``: the checkpoint it was loaded from)."""
     first_epoch = 0
-    wrapped = state.model
-    if ctx.dist.world > 1:
-        wrapped = torch.nn.parallel.DistributedDataParallel(
-            state.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     for index, phase in enumerate(phases(ctx.cfg)):
         last_epoch = first_epoch + phase.epochs
         if state.epoch >= last_epoch:  # a phase a resumed run has finished
@@ -418,6 +383,10 @@ def _run_phases(state: TrainState, ctx: Context, train_ds, sampler: EpochBatches
         if resumed is not None and resumed["phase"] == index:
             state.load_phase_state(resumed)
         resumed = None
+        wrapped = state.model  # wrapped per phase: DDP syncs the parameters that train in this phase
+        if ctx.dist.world > 1:
+            wrapped = torch.nn.parallel.DistributedDataParallel(
+                state.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
         while state.epoch < last_epoch:
             row = train_one_epoch(state, ctx, train_ds, sampler, wrapped, phase)
             if val_ds is not None:
@@ -492,7 +461,6 @@ def hardware() -> dict:
 
 
 def _tags(cfg: RunConfig, stage: str) -> dict:
-    from .tracking import git_commit, project_root
-
+    """The project's own run tags (MLflow's source tags, the git commit among them, come from the tracker)."""
     return {"dataset": cfg.dataset, "model": cfg.model, "variant": cfg.variant or "", "dvc_stage": stage,
-            "dvc_exp_name": os.environ.get("DVC_EXP_NAME"), "git_commit": git_commit(project_root())}
+            "dvc_exp_name": os.environ.get("DVC_EXP_NAME")}

@@ -31,6 +31,7 @@ from ..errors import UserError
 from . import digits as digits_mod
 from .datasets import spec
 from .splits import stratified_holdout
+from .transforms import target_size
 
 MANIFEST_COLUMNS = ["image", "label", "class_name", "split", "x0", "y0", "x1", "y1", "source", "width", "height"]
 
@@ -45,12 +46,6 @@ class _Task:
     dst: str
     high_res: int
     quality: int
-
-
-def target_size(w: int, h: int, high_res: int) -> tuple[int, int]:
-    """The stored size of a ``w`` x ``h`` image: the shorter side shrunk to ``high_res``, never enlarged."""
-    scale = min(1.0, high_res / min(w, h))
-    return max(1, round(w * scale)), max(1, round(h * scale))
 
 
 def convert_image(task: _Task) -> tuple[tuple[int, int], tuple[int, int]] | str:
