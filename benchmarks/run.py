@@ -50,7 +50,7 @@ def noop_repro(repeats: int) -> dict:
     """Run the smoke pipeline stage by stage (timing each), then time no-op ``dvc repro`` runs."""
     import subprocess
 
-    from benchmarks.profile import PROFILES, environment, sync
+    from benchmarks.profiles import PROFILES, environment, sync
 
     with tempfile.TemporaryDirectory() as tmp:
         dest = Path(tmp) / "repo"

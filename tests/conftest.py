@@ -16,7 +16,7 @@ def repo_root() -> Path:
 
 def subprocess_env(**extra: str) -> dict[str, str]:
     """Environment for stage/DVC subprocesses: this interpreter first on PATH, no analytics."""
-    from benchmarks.profile import environment
+    from benchmarks.profiles import environment
 
     return environment(PYTHONUNBUFFERED="1", **extra)
 

@@ -1,4 +1,4 @@
-"""A throw-away copy of the project, made as ``benchmarks/profile.py`` makes it, for running the real pipeline."""
+"""A throw-away copy of the project, made as ``benchmarks/profiles.py`` makes it, for running the real pipeline."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.profile import PROFILES, Profile, environment, sync
+from benchmarks.profiles import PROFILES, Profile, environment, sync
 
 from .conftest import ROOT
 
@@ -44,7 +44,7 @@ def stages_run(output: str) -> list[str]:
 
 
 def make_project(dest: Path, profile: str | Profile = "smoke") -> Project:
-    """The copy ``python benchmarks/profile.py <profile>`` makes, in ``dest`` (a profile name or a :class:`Profile`)."""
+    """The copy ``python benchmarks/profiles.py <profile>`` makes, in ``dest`` (a profile name or a :class:`Profile`)."""
     env = environment(DVC_SITE_CACHE_DIR=str(dest.parent / f"{dest.name}-dvc-site"))
     env.pop("MLFLOW_TRACKING_URI", None)
     sync(dest, PROFILES[profile] if isinstance(profile, str) else profile, env, ROOT)

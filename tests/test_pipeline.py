@@ -1,4 +1,4 @@
-"""The whole pipeline on the smoke profile, in the copy ``benchmarks/profile.py smoke`` makes.
+"""The whole pipeline on the smoke profile, in the copy ``benchmarks/profiles.py smoke`` makes.
 
 `dvc repro` runs every stage for every dataset (download from the fixture archives,
 prepare, both models, the ablations, their evaluations, tables, figures); a second
@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from benchmarks.profile import environment
+from benchmarks.profiles import environment
 
 from .conftest import ROOT
 from .pipeline import Project, make_project, stages_run
