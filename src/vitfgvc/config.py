@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model,
+                      field_validator, model_validator)
 
 from .errors import UserError
 
@@ -173,6 +174,8 @@ class ModelSection(Section):
     weights: str | None = None
     img_size: PosInt = 384
     kwargs: dict[str, int | float | str | bool] = {}
+    # defaults of keys added later keep the behaviour a model directory written before them was trained with
+    final_norm: Literal["fresh", "pretrained"] = "pretrained"
 
 
 class TransformSection(Section):
@@ -194,7 +197,9 @@ class MultistageSection(Section):
     threshold: Literal["mean", "otsu"] = "mean"
     map_size: PosInt = 448
     closing: NonNegInt = 3
+    closing_footprint: Literal["square", "cross"] = "square"
     min_area: Unit = 0.0
+    small_components: Literal["fallback", "skip"] = "fallback"
     fallback: Literal["full", "random"] = "full"
     num_parts: PosInt = 2
     part_window: Annotated[float, _in(0, 1, lo_open=True)] = 1 / 3
@@ -204,6 +209,15 @@ class MultistageSection(Section):
     part_grid: PosInt = 128
     part_loss: Literal["sum", "mean"] = "sum"
     parts_from_erased: bool = False
+
+    @field_validator("closing_footprint")
+    @classmethod
+    def _odd_cross(cls, v: str, info: ValidationInfo) -> str:
+        closing = info.data.get("closing", 0)
+        if v == "cross" and closing > 1 and closing % 2 == 0:
+            raise ValueError(f"must be square with an even multistage.closing ({closing}): a cross needs a centre "
+                             "row and column")
+        return v
 
 
 class AugSection(Section):

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from . import evaluate
 from .config import RunConfig
-from .data.loader import EpochBatches, Manifest, ManifestDataset, sample_seed
+from .data.loader import EpochBatches, Manifest, ManifestDataset
 from .errors import UserError
 from .io import atomic_write_bytes, write_json, write_text
 from .multistage import build, joint_loss
@@ -397,7 +397,6 @@ def _train_epoch(wrapped, model, ds, sampler, cfg, phase, opt, sched, scaler, au
     try:
         for step in range(start_step, total_steps):
             step_images = 0
-            gen = torch.Generator(device).manual_seed(sample_seed(cfg.seed, epoch, step, stream=2))
             for a in range(t.accum_steps):
                 images, labels, _idx, _boxes, draws = next(micro)
                 images, labels, draws = (x.to(device, non_blocking=True) for x in (images, labels, draws))
@@ -405,7 +404,7 @@ def _train_epoch(wrapped, model, ds, sampler, cfg, phase, opt, sched, scaler, au
                 no_sync = wrapped.no_sync if (d.world > 1 and not sync) else contextlib.nullcontext
                 with no_sync():
                     with autocast():
-                        out = wrapped(images, draws, gen)
+                        out = wrapped(images, draws)
                     loss, parts = loss_of(out, labels, cfg)
                     if not d.all_true(bool(torch.isfinite(loss)), device):
                         raise NonFiniteLossError(

@@ -11,6 +11,7 @@ the number of processes either.
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,25 @@ from ..errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-NUM_DRAWS = 4  # per-sample uniforms the model's attention-guided augmentation decides with
+
+
+class Draw(enum.IntEnum):
+    """The columns of ``draws``: per-sample uniforms in [0, 1) each item carries for the model.
+
+    Seeded with the sample's augmentation, so every random choice the multistage model
+    makes for an image (erasing, attention cropping, a random fallback box) is the
+    same whatever the number of workers or processes.
+    """
+
+    ERASE_A = 0         # stage a (the full image) is attention-erased when < aug.erase_p
+    CROP_A = 1          # stage a is attention-cropped when < aug.crop_p
+    ERASE_B = 2         # stage b (the object crop) is attention-erased when < aug.erase_p
+    CROP_THRESHOLD = 3  # places the attention-crop threshold in aug.crop_threshold
+    FALLBACK_BOX = 4    # this and the next 3 columns: a random fallback object box (localize.random_boxes:
+                        # area, aspect ratio, left, top), used with multistage.fallback: random
+
+
+NUM_DRAWS = Draw.FALLBACK_BOX + 4
 
 
 class ManifestError(UserError, ValueError):
@@ -116,7 +135,7 @@ class ManifestDataset(Dataset):
     """Images of one split at ``size`` x ``size``, with label, index, box and per-sample draws.
 
     Items are ``(image [3, size, size], label, index, box_xyxy [4] in fractions of
-    the image (NaN if none), draws [NUM_DRAWS] uniforms)``.
+    the image (NaN if none), draws [NUM_DRAWS] uniforms (columns: :class:`Draw`))``.
     """
 
     def __init__(self, manifest: Manifest, split: str, size: int, *, train: bool,
