@@ -63,7 +63,7 @@ def measure(batch: int = 8, repeats: int = 5, warmup: int = 1, threads: int | No
     def step(key):
         cfg, model, opt, images, labels, draws = setups[key]
         start = time.perf_counter()
-        out = model(images, draws, torch.Generator().manual_seed(0))
+        out = model(images, draws)
         loss, _ = loss_of(out, labels, cfg)
         loss.backward()
         opt.step()

@@ -86,3 +86,19 @@ def test_all_zero_map_stays_finite():
 def test_bad_head_fusion():
     with pytest.raises(ValueError, match="head_fusion"):
         rollout(random_attention(1, 1, 1, 5), head_fusion="median")
+
+
+@pytest.mark.parametrize("fn", [rollout, last_layer])
+def test_maps_are_float32_whatever_the_autocast_or_input_dtype(fn):
+    attn = [a.float() for a in random_attention(layers=12, b=3, heads=4, t=1 + 64, seed=5)]
+    want = fn([a.double() for a in attn], grid=(8, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = fn(attn)
+    assert under_autocast.dtype == torch.float32
+    # float32 all the way (a bf16 rollout is off by ~6e-3 here)
+    torch.testing.assert_close(under_autocast.double(), want, rtol=0, atol=1e-5)
+    from_bf16 = fn([a.bfloat16() for a in attn])
+    assert from_bf16.dtype == torch.float32
+    # only the rounding of the bf16 inputs remains (8 bits: up to ~4e-3 near the peak)
+    torch.testing.assert_close(from_bf16.double(), want, rtol=0, atol=5e-3)
+    assert fn([a.double() for a in attn]).dtype == torch.float64

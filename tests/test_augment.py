@@ -19,15 +19,15 @@ def batch():
     return images, maps
 
 
-def seeded(seed=0):
-    return torch.Generator().manual_seed(seed)
+def uniforms(n=6, seed=0):
+    return torch.rand(n, generator=torch.Generator().manual_seed(seed))
 
 
 # -------------------------------------------------------------------- erasing
 def test_erase_p1_zeroes_exactly_the_pixels_above_threshold(batch):
     images, maps = batch
     before = images.clone()
-    out = attention_erase(images, maps, p=1.0, threshold=0.7, generator=seeded())
+    out = attention_erase(images, maps, p=1.0, threshold=0.7)
     # bilinear, align_corners=False == skimage's order-1 resize with edge mode
     up = np.stack([resize(m.double().numpy(), (48, 40), order=1, mode="edge", anti_aliasing=False) for m in maps])
     up = torch.from_numpy(up)
@@ -44,27 +44,21 @@ def test_erase_p0_and_high_threshold_change_nothing(batch):
     assert torch.equal(attention_erase(images, maps, p=1.0, threshold=1.0), images)
 
 
-def test_erase_is_seeded_per_image(batch):
+def test_erase_decides_per_image_from_its_uniform(batch):
     images, maps = batch
-    a = attention_erase(images, maps, p=0.5, threshold=0.5, generator=seeded(1))
-    b = attention_erase(images, maps, p=0.5, threshold=0.5, generator=seeded(1))
-    assert torch.equal(a, b)
+    u = uniforms(seed=1)
+    a = attention_erase(images, maps, p=0.5, threshold=0.5, u_apply=u)
     erased = torch.tensor([not torch.equal(a[i], images[i]) for i in range(6)])
     assert erased.any() and not erased.all()
-    assert torch.equal(erased, torch.rand(6, generator=seeded(1)) < 0.5)  # one draw per image
+    assert torch.equal(erased, u < 0.5)  # image i is erased exactly when its uniform is below p
+    # an image's result depends on its own uniform only, not on the batch around it
+    assert torch.equal(attention_erase(images[2:4], maps[2:4], 0.5, 0.5, u_apply=u[2:4]), a[2:4])
+    with pytest.raises(ValueError, match="u_apply must be"):
+        attention_erase(images, maps, p=0.5, threshold=0.5, u_apply=u[:3])
+    # standalone, without uniforms: fresh draws each call
     runs = {tuple(not torch.equal(x[i], images[i]) for i in range(6))
-            for x in (attention_erase(images, maps, 0.5, 0.5, generator=seeded(s)) for s in range(8))}
+            for x in (attention_erase(images, maps, 0.5, 0.5) for _ in range(8))}
     assert len(runs) > 1
-
-
-def test_erase_apply_overrides_the_draw(batch):
-    images, maps = batch
-    apply = torch.tensor([True, False, True, False, False, False])
-    out = attention_erase(images, maps, p=0.0, threshold=0.5, apply=apply)
-    assert torch.equal(out[~apply], images[~apply])
-    assert not torch.equal(out[0], images[0]) and not torch.equal(out[2], images[2])
-    with pytest.raises(ValueError, match="apply"):
-        attention_erase(images, maps, p=0.0, threshold=0.5, apply=apply[:3])
 
 
 # ------------------------------------------------------------------- cropping
@@ -91,22 +85,26 @@ def test_crop_box_contains_the_thresholded_region(batch):
 def test_crop_uses_a_random_threshold_in_range():
     # a ramp: the region above t * max starts where the ramp crosses t
     ramp = torch.linspace(0.0, 1.0, 101)[:100].expand(8, 1, 100)
-    boxes = attention_crop_boxes(ramp, p=1.0, threshold_range=(0.4, 0.6), pad=0.0, generator=seeded(1))
-    assert (boxes[:, 0] >= 0.4).all() and (boxes[:, 0] <= 0.61).all()
-    assert len(set(boxes[:, 0].tolist())) > 1
+    u = torch.tensor([0.0, 0.25, 0.5, 0.75, 0.999, 0.1, 0.9, 0.6])
+    boxes = attention_crop_boxes(ramp, p=1.0, threshold_range=(0.4, 0.6), pad=0.0, u_threshold=u)
+    t = 0.4 + 0.2 * u  # the region: the cells above t * max (0.99), from the first one on
+    first = (ramp[0, 0] > (t * 0.99).unsqueeze(1)).int().argmax(1)
+    torch.testing.assert_close(boxes[:, 0], first / 100)
+    assert len(set(first.tolist())) == 8 and (first >= 40).all() and (first <= 60).all()
 
 
-def test_crop_is_seeded_and_crops_the_boxes(batch):
+def test_crop_decides_per_image_and_crops_the_boxes(batch):
     images, maps = batch
-    boxes_a = attention_crop_boxes(maps, p=0.5, generator=seeded(5))
-    boxes_b = attention_crop_boxes(maps, p=0.5, generator=seeded(5))
-    assert torch.equal(boxes_a, boxes_b)
-    out = attention_crop(images, maps, p=0.5, generator=seeded(5))
-    torch.testing.assert_close(out, crop_resize(images, boxes_a, (48, 40)))
-    apply = torch.tensor([True, True, False, False, True, False])
-    forced = attention_crop_boxes(maps, p=0.0, generator=seeded(5), apply=apply)
-    assert torch.equal(forced[~apply], torch.tensor([[0.0, 0.0, 1.0, 1.0]]).expand(3, 4))
-    assert (forced[apply] != torch.tensor([0.0, 0.0, 1.0, 1.0])).any(1).all()
+    u_apply, u_threshold = uniforms(seed=5), uniforms(seed=6)
+    boxes = attention_crop_boxes(maps, p=0.5, u_apply=u_apply, u_threshold=u_threshold)
+    cropped = (boxes != torch.tensor([0.0, 0.0, 1.0, 1.0])).any(1)
+    assert torch.equal(cropped, u_apply < 0.5) and cropped.any() and not cropped.all()
+    out = attention_crop(images, maps, p=0.5, u_apply=u_apply, u_threshold=u_threshold)
+    torch.testing.assert_close(out, crop_resize(images, boxes, (48, 40)))
+    part = attention_crop_boxes(maps[1:4], p=0.5, u_apply=u_apply[1:4], u_threshold=u_threshold[1:4])
+    assert torch.equal(part, boxes[1:4])
+    with pytest.raises(ValueError, match="u_threshold must be"):
+        attention_crop_boxes(maps, p=0.5, u_threshold=u_threshold[:2])
 
 
 def test_crop_of_an_all_zero_map_is_the_full_image():

@@ -34,11 +34,22 @@ def _keys(data: dict) -> set[str]:
 
 
 @pytest.mark.parametrize("profile", PROFILES)
-def test_profiles_validate(profile):
+def test_profiles_validate_and_runs_read_the_profiles_values(profile):
+    raw = yaml.safe_load((ROOT / profile).read_text())
     params = load_params(ROOT / profile)
+    # every value the profile writes is the value the schema holds, none dropped or altered
+    assert params.model_dump(mode="json", exclude_unset=True) == raw
     for dataset in params.pipeline.datasets:
+        overrides = raw["datasets"][dataset].get("train") or {}
         for model in ("baseline", "multistage"):
-            params.run_config(dataset, model)
+            run = params.run_config(dataset, model)
+            assert (run.dataset, run.model, run.seed) == (dataset, model, raw["seed"])
+            assert run.high_res == raw["datasets"][dataset]["high_res"]
+            assert run.backbone.model_dump(mode="json") == raw["model"]
+            assert run.train.model_dump(mode="json") == {**raw["train"], **overrides}
+            if model == "multistage":
+                assert run.multistage.model_dump(mode="json") == raw["multistage"]
+                assert run.aug.model_dump(mode="json") == raw["aug"]
 
 
 @pytest.mark.parametrize("profile", PROFILES[1:])
@@ -82,6 +93,11 @@ def _set(dotted, value):
         ("runtime.workers", -1, "runtime.workers must be >= 0, got -1"),
         ("ablation.datasets", ["cars"], "ablation.datasets must be a subset of pipeline.datasets"),
         ("model.pretrained", "yes", "model.pretrained must be a valid boolean, got 'yes'"),
+        ("model.final_norm", "new", "model.final_norm must be one of 'fresh' or 'pretrained', got 'new'"),
+        ("multistage.small_components", "drop",
+         "multistage.small_components must be one of 'fallback' or 'skip', got 'drop'"),
+        ("multistage.closing_footprint", "disk",
+         "multistage.closing_footprint must be one of 'square' or 'cross', got 'disk'"),
     ],
 )
 def test_bad_values_name_their_key(tmp_path, dotted, value, expected):
@@ -92,6 +108,18 @@ def test_bad_values_name_their_key(tmp_path, dotted, value, expected):
         load_params(path)
     assert expected in str(err.value)
     assert str(err.value).startswith(str(path))
+
+
+def test_a_cross_closing_needs_an_odd_side(tmp_path):
+    path = _write(tmp_path, lambda d: set_dotted(d, **{"multistage.closing_footprint": "cross", "multistage.closing": 4}))
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert ("multistage.closing_footprint must be square with an even multistage.closing (4): a cross needs a "
+            "centre row and column, got 'cross'") in str(err.value)
+    for closing in (0, 3, 5):
+        ok = _write(tmp_path, lambda d: set_dotted(d, **{"multistage.closing_footprint": "cross",
+                                                       "multistage.closing": closing}))
+        assert load_params(ok).multistage.closing == closing
 
 
 def test_missing_section_and_every_problem_listed(tmp_path):

@@ -5,8 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+from skimage.filters import threshold_mean as sk_mean
 from skimage.filters import threshold_otsu as sk_otsu
-from skimage.measure import label
+from skimage.measure import label, regionprops
 from skimage.morphology import closing as sk_closing
 from torchvision.ops import nms
 
@@ -17,6 +18,7 @@ from vitfgvc.localize import (
     nms_top_k,
     object_boxes,
     part_boxes,
+    random_boxes,
     threshold_otsu,
 )
 
@@ -84,15 +86,32 @@ def test_min_area():
     assert torch.equal(object_boxes(m[None], min_area=10 / 576)[0], FULL)
 
 
-def test_random_fallback_is_seeded_and_valid():
+def test_random_fallback_comes_from_each_maps_uniforms():
     maps = torch.zeros(6, 24, 24)
-    a = object_boxes(maps, fallback="random", generator=torch.Generator().manual_seed(1))
-    b = object_boxes(maps, fallback="random", generator=torch.Generator().manual_seed(1))
-    assert torch.equal(a, b)
+    u = torch.rand(6, 4, generator=torch.Generator().manual_seed(1))
+    a = object_boxes(maps, fallback="random", u_fallback=u)
+    assert torch.equal(a, random_boxes(u))
     assert not torch.equal(a[0], FULL) and not torch.equal(a[0], a[1])
     assert (a >= 0).all() and (a <= 1).all() and (a[:, 2:] > a[:, :2]).all()
+    # a map's box depends on its own uniforms only, not on the batch around it
+    assert torch.equal(object_boxes(maps[3:5], fallback="random", u_fallback=u[3:5]), a[3:5])
     normal = blobs(spots=[(2, 5, 2, 5, 1.0)])
     torch.testing.assert_close(object_boxes(normal[None], fallback="random")[0], cell_box(2, 2, 4, 4))
+    with pytest.raises(ValueError, match="u_fallback must be"):
+        object_boxes(maps, fallback="random", u_fallback=u[:3])
+
+
+def test_random_boxes_map_uniforms_like_random_resized_crop():
+    u = torch.tensor([[0.0, 0.5, 0.0, 0.0], [1.0, 0.5, 1.0, 1.0], [0.5, 0.0, 0.5, 0.25], [0.5, 1.0, 0.5, 0.75]])
+    boxes = random_boxes(u, scale=(0.25, 0.75), ratio=(0.5, 2.0)).double()
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    torch.testing.assert_close(w * h, torch.tensor([0.25, 0.75, 0.5, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(w / h, torch.tensor([1.0, 1.0, 0.5, 2.0], dtype=torch.float64))  # log-uniform
+    torch.testing.assert_close(boxes[:, 0], (1 - w) * u[:, 2].double())  # the left edge places the box
+    torch.testing.assert_close(boxes[:, 1], (1 - h) * u[:, 3].double())
+    assert torch.equal(boxes[1, 2:], torch.ones(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"\[n, 4\]"):
+        random_boxes(torch.rand(3))
 
 
 @pytest.mark.parametrize("threshold", ["mean", "otsu"])
@@ -113,10 +132,13 @@ def test_boxes_stay_in_unit_square():
         for threshold in ("mean", "otsu"):
             for closing in (0, 3, 4):
                 for fallback in ("full", "random"):
-                    boxes = object_boxes(maps, threshold, closing, fallback=fallback, generator=g)
-                    assert boxes.shape == (4, 4)
-                    assert (boxes >= 0).all() and (boxes <= 1).all(), (h, w)
-                    assert (boxes[:, 2:] > boxes[:, :2]).all()
+                    for rule, footprint in (("fallback", "square"), ("skip", "cross" if closing % 2 else "square")):
+                        boxes = object_boxes(maps, threshold, closing, min_area=0.01, fallback=fallback,
+                                             closing_footprint=footprint, small_components=rule,
+                                             u_fallback=torch.rand(4, 4, generator=g))
+                        assert boxes.shape == (4, 4)
+                        assert (boxes >= 0).all() and (boxes <= 1).all(), (h, w)
+                        assert (boxes[:, 2:] > boxes[:, :2]).all()
 
 
 def test_mixed_batch_equals_single_calls():
@@ -126,11 +148,81 @@ def test_mixed_batch_equals_single_calls():
         torch.full((24, 24), 0.3),
         torch.rand(24, 24, generator=torch.Generator().manual_seed(0)),
     ])
-    for kwargs in ({}, {"threshold": "otsu", "closing": 0}, {"min_area": 0.05}):
+    for kwargs in ({}, {"threshold": "otsu", "closing": 0}, {"min_area": 0.05},
+                   {"min_area": 0.05, "small_components": "skip", "closing_footprint": "cross"}):
         batch = object_boxes(maps, **kwargs)
         single = torch.cat([object_boxes(m[None], **kwargs) for m in maps])
         assert torch.equal(batch, single)
     assert torch.equal(batch[1], FULL) and torch.equal(batch[2], FULL)
+
+
+def original_box(m, min_area_px):
+    """The original's ``generate_attention_coordinates(m, 'mean', min_area=min_area_px, num_bboxes=1)``.
+
+    skimage's mean threshold, ``closing`` with its default footprint, ``label`` (8-connected),
+    the regions of at least ``min_area_px`` pixels ranked by the map's max over their
+    bounding box (a stable sort: ties keep label order); None where none survives (the
+    original then draws a random square).
+    """
+    m = m.numpy()
+    coordinates = []
+    for region in regionprops(label(sk_closing(m > sk_mean(m)))):
+        if region.area >= min_area_px:
+            minr, minc, maxr, maxc = region.bbox
+            coordinates.append((m[minr:maxr, minc:maxc].max(), [minr, minc, maxr, maxc]))
+    if not coordinates:
+        return None
+    minr, minc, maxr, maxc = sorted(coordinates, key=lambda o: o[0], reverse=True)[0][1]
+    h, w = m.shape
+    return torch.tensor([minc / w, minr / h, maxc / w, maxr / h])
+
+
+@pytest.mark.parametrize("min_area_px", [0, 8, 40, 150, 300])
+def test_skip_rule_matches_the_original_code(min_area_px):
+    g = torch.Generator().manual_seed(min_area_px)
+    maps = F.avg_pool2d(torch.rand(24, 1, 36, 36, generator=g), 5, stride=1).squeeze(1) ** 3  # 32 x 32
+    kwargs = {"closing": 3, "closing_footprint": "cross", "min_area": min_area_px / (32 * 32)}
+    got = object_boxes(maps, small_components="skip", **kwargs)
+    want = [original_box(m, min_area_px) for m in maps]
+    for box, w in zip(got, want):
+        torch.testing.assert_close(box, FULL if w is None else w)
+    # the cases that tell the rules apart occur: the peak's component dropped, another boxed ...
+    at_peak = object_boxes(maps, small_components="fallback", **kwargs)
+    assert (min_area_px >= 40) == bool((got != at_peak).any())
+    # ... and, with the largest minimum, maps where nothing survives
+    assert (min_area_px == 300) == any(w is None for w in want)
+
+
+def test_skip_rule_boxes_the_next_component_where_fallback_gives_up():
+    # the peak sits in a 9-cell blob; a 100-cell blob holds the next highest value
+    m = blobs(spots=[(2, 5, 2, 5, 1.0), (10, 20, 10, 20, 0.5), (21, 23, 2, 4, 0.4)])
+    m[15, 15] = 0.6
+    skip = object_boxes(m[None], min_area=10 / 576, small_components="skip")[0]
+    torch.testing.assert_close(skip, cell_box(10, 10, 19, 19))
+    assert torch.equal(object_boxes(m[None], min_area=10 / 576, small_components="fallback")[0], FULL)
+    # nothing left of min_area: the fallback box, as the fallback rule
+    assert torch.equal(object_boxes(m[None], min_area=101 / 576, small_components="skip")[0], FULL)
+
+
+def test_skip_rule_ranks_by_the_max_over_the_bounding_box():
+    # a ring (large, value 0.5) around a small bright blob (dropped for its size): the ring's bounding box
+    # holds the blob's 1.0, so the ring beats a solid 0.8 block, as the original ranks it
+    m = blobs(spots=[(2, 12, 2, 12, 0.5), (4, 10, 4, 10, 0.0), (6, 8, 6, 8, 1.0), (15, 22, 15, 22, 0.8)])
+    got = object_boxes(m[None], threshold="mean", closing=0, min_area=10 / 576, small_components="skip")[0]
+    torch.testing.assert_close(got, cell_box(2, 2, 11, 11))
+    torch.testing.assert_close(got, original_box_no_closing(m, 10))
+
+
+def original_box_no_closing(m, min_area_px):
+    m = m.numpy()
+    best = None
+    for region in regionprops(label(m > sk_mean(m))):
+        if region.area >= min_area_px:
+            minr, minc, maxr, maxc = region.bbox
+            conf = m[minr:maxr, minc:maxc].max()
+            if best is None or conf > best[0]:
+                best = (conf, (minc / 24, minr / 24, maxc / 24, maxr / 24))
+    return torch.tensor(best[1], dtype=torch.float32)
 
 
 # ------------------------------------------------------------ building blocks
@@ -163,6 +255,47 @@ def test_binary_closing_matches_skimage_and_scipy(size):
                     ndimage.binary_closing(inner, footprint),
                 )
     assert torch.equal(binary_closing(masks, 0), masks) and torch.equal(binary_closing(masks, 1), masks)
+
+
+def cross(size):
+    f = np.zeros((size, size), bool)
+    f[size // 2] = f[:, size // 2] = True
+    return f
+
+
+def test_the_originals_closing_is_the_3x3_cross():
+    """The original called ``closing(mask)``: skimage's default footprint, the cross of connectivity 1.
+
+    skimage 0.18 (the original's era) closed with ``ndi.grey_dilation`` then
+    ``ndi.grey_erosion`` (scipy's default ``mode="reflect"``); today's ``closing`` keeps
+    ``mode="reflect"`` as default. For a 3x3 footprint reflecting the border equals
+    ignoring it (``mode="ignore"``, ours): the mirrored cells are inside the footprint.
+    """
+    g = torch.Generator().manual_seed(7)
+    masks = torch.rand(16, 19, 23, generator=g) > 0.6
+    got = binary_closing(masks, 3, "cross").numpy()
+    for mask, out in zip(masks.numpy(), got):
+        np.testing.assert_array_equal(out, sk_closing(mask))  # footprint=None
+        np.testing.assert_array_equal(out, sk_closing(mask, cross(3), mode="ignore"))
+        skimage_018 = ndimage.grey_erosion(ndimage.grey_dilation(mask, footprint=cross(3)), footprint=cross(3))
+        np.testing.assert_array_equal(out, skimage_018)
+        # and for the square: reflect = ignore too
+        np.testing.assert_array_equal(sk_closing(mask, np.ones((3, 3), bool)),
+                                      sk_closing(mask, np.ones((3, 3), bool), mode="ignore"))
+    assert not np.array_equal(got, binary_closing(masks, 3, "square").numpy())  # the footprint matters here
+
+
+@pytest.mark.parametrize("size", [5, 7])
+def test_larger_crosses_match_skimage(size):
+    masks = torch.rand(8, 20, 17, generator=torch.Generator().manual_seed(size)) > 0.7
+    got = binary_closing(masks, size, "cross").numpy()
+    for mask, out in zip(masks.numpy(), got):
+        np.testing.assert_array_equal(out, sk_closing(mask, cross(size), mode="ignore"))
+        np.testing.assert_array_equal(out, sk_closing(mask, cross(size)))  # reflect: the same for a cross
+    with pytest.raises(ValueError, match="odd size"):
+        binary_closing(masks, 4, "cross")
+    with pytest.raises(ValueError, match="footprint must be one of"):
+        binary_closing(masks, 3, "disk")
 
 
 # ---------------------------------------------------------------------- parts
@@ -285,6 +418,30 @@ def test_crop_k_boxes_per_image():
         torch.testing.assert_close(out[:, j], crop_resize(images, boxes[:, j], 12))
     with pytest.raises(ValueError, match="boxes"):
         crop_resize(images, boxes[:1], 12)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("per_image", [None, 2])
+def test_a_300_image_bf16_batch_crops_every_image_from_itself(per_image, autocast):
+    """bf16 holds integers exactly only up to 256: ROI batch indices in bf16 would mix images up.
+
+    (Before the ROIs were float32 this crashed under CPU autocast: index 299 rounds to 300.)
+    """
+    n = 300
+    idx = torch.arange(n)
+    # each image is flat, its index coded in two channels of small integers (exact in bf16)
+    images = torch.stack([idx // 20, idx % 20, torch.zeros(n, dtype=torch.long)], 1).view(n, 3, 1, 1)
+    images = images.expand(n, 3, 24, 24).to(torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    lo = torch.rand(n, *(() if per_image is None else (per_image,)), 2, generator=g) * 0.5
+    boxes = torch.cat([lo, lo + 0.5], -1)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        crops = crop_resize(images, boxes, 8)
+    assert crops.dtype == torch.bfloat16
+    crops = crops if per_image is None else crops.flatten(0, 1)
+    owner = idx if per_image is None else idx.repeat_interleave(per_image)
+    code = crops[:, 0].float() * 20 + crops[:, 1].float()  # [N, 8, 8]
+    assert torch.equal(code, owner.float().view(-1, 1, 1).expand_as(code))
 
 
 def test_compose_boxes():

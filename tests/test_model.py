@@ -1,3 +1,7 @@
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import timm
@@ -7,7 +11,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from vitfgvc.attention import rollout
-from vitfgvc.model import FGVCViT, build_model
+from vitfgvc.model import FGVCViT, build_model, reset_final_norm
+
+from .conftest import ROOT, subprocess_env
 
 NAME = "vit_tiny_patch16_224"
 SMALL = {"depth": 2}  # 2 blocks, 64 px: 4x4 patches, T = 17
@@ -86,7 +92,7 @@ def test_capture_with_grad_checkpointing_in_train_mode(images):
     for ckpt in (False, True):
         model = small_model(seed=1).train()
         model.set_grad_checkpointing(ckpt)
-        assert model.encoder.grad_checkpointing == ckpt
+        assert model.grad_checkpointing == ckpt and not model.encoder.grad_checkpointing  # ours, never timm's
         logits, attn = model(images, capture_attn=True)
         assert len(attn) == 2
         F.cross_entropy(logits, torch.tensor([0, 3])).backward()
@@ -140,7 +146,7 @@ def encoder_state(model):
 
 
 def assert_same_encoder(state, model):
-    got = model.encoder.state_dict()
+    got = (model.encoder if isinstance(model, FGVCViT) else model).state_dict()
     assert state.keys() == got.keys()
     for k in state:
         torch.testing.assert_close(got[k], state[k], rtol=0, atol=0, msg=k)
@@ -219,3 +225,93 @@ def test_memory_chunked_capture_equals_one_batch(images, monkeypatch):
 def test_capture_rejects_an_unknown_fusion(images):
     with pytest.raises(ValueError, match="capture_attn must be True or one of"):
         small_model()(images, capture_attn="median")
+
+
+# ------------------------------------------------------------------- precision
+def test_captured_probabilities_are_float32_under_bf16_autocast(images, monkeypatch):
+    """Under autocast the probabilities are the float32 softmax of the scores of autocast's own q and k."""
+    import vitfgvc.model as model_mod
+
+    model = small_model(seed=2).eval()
+    blk = model.encoder.blocks[1].attn
+    qkv_out = []
+    blk.qkv.register_forward_hook(lambda mod, inp, out: qkv_out.append(out))
+    chunks = []
+    fuse = model_mod._fuse
+    monkeypatch.setattr(model_mod, "_fuse", lambda a, f: chunks.append((a.shape[0], a.dtype)) or fuse(a, f))
+    # two samples' float32 [heads, T, T] buffers a chunk (bf16 buffers would fit four)
+    monkeypatch.setattr(model_mod, "_CHUNK_BYTES", 2 * 3 * 17 * 17 * 4)
+    x = torch.cat([images, images.flip(-1)])  # 4 images
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, attn = model(x, capture_attn=True)
+        maps = rollout(attn)
+    assert logits.dtype == torch.bfloat16  # the rest of the model still runs in bf16
+    assert all(a.dtype == torch.float32 for a in attn) and maps.dtype == torch.float32
+    assert chunks == [(2, torch.float32)] * 4  # 2 layers x 2 chunks, the chunk sized for float32
+    out = qkv_out[0]
+    assert out.dtype == torch.bfloat16
+    q, k, _ = out.double().reshape(4, 17, 3, 3, 64).permute(2, 0, 3, 1, 4)
+    want = (q @ k.transpose(-2, -1) * 64 ** -0.5).softmax(-1)
+    torch.testing.assert_close(attn[1].double(), want, rtol=0, atol=1e-6)  # bf16 probabilities: ~1e-3 off
+
+
+def test_frozen_phase_norms_train_with_checkpointing_even_with_timm_reentrant(tmp_path):
+    """TIMM_REENTRANT_CKPT=1 would make timm's checkpoint_seq reentrant: the block norms would get no gradient."""
+    script = """
+import json, timm, torch
+from vitfgvc.model import build_model
+assert timm.layers.use_reentrant_ckpt()  # the variable reached timm
+torch.manual_seed(0)
+model = build_model("vit_tiny_patch16_224", 5, img_size=64, kwargs={"depth": 2}, grad_checkpointing=True).train()
+norms = set(model.norm_param_names())
+for name, p in model.encoder.named_parameters():
+    p.requires_grad_("encoder." + name in norms)
+x = torch.randn(2, 3, 64, 64)
+grads = {}
+for capture in (False, "mean"):
+    model.zero_grad(set_to_none=True)
+    out = model(x, capture_attn=capture)
+    (out if capture is False else out[0]).sum().backward()
+    grads[str(capture)] = {n: p.grad is not None and bool(p.grad.abs().sum() > 0)
+                           for n, p in model.named_parameters()}
+print(json.dumps({"grads": grads, "norms": sorted(norms)}))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=subprocess_env(TIMM_REENTRANT_CKPT="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    norms = set(result["norms"])
+    assert "encoder.blocks.0.norm1.weight" in norms and "encoder.norm.bias" in norms
+    for capture, grads in result["grads"].items():
+        got = {n for n, g in grads.items() if g and n.startswith("encoder.")}
+        assert got == norms, (capture, sorted(norms ^ got))  # every norm, nothing else of the encoder
+        assert all(g for n, g in grads.items() if n.startswith("head."))
+
+
+# ------------------------------------------------------------------ final norm
+def test_final_norm_fresh_resets_the_loaded_norm_only(tmp_path):
+    torch.manual_seed(6)
+    trained = timm.create_model(NAME, num_classes=0, img_size=64, **SMALL)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))  # a "pretrained" state whose norms are not at their initial values
+    path = tmp_path / "w.pth"
+    torch.save(trained.state_dict(), path)
+    kept = build_model(NAME, 5, img_size=64, kwargs=SMALL, weights=path, final_norm="pretrained")
+    fresh = build_model(NAME, 5, img_size=64, kwargs=SMALL, weights=path, final_norm="fresh")
+    assert_same_encoder(trained.state_dict(), kept.encoder)
+    torch.testing.assert_close(fresh.encoder.norm.weight, torch.ones(192))
+    torch.testing.assert_close(fresh.encoder.norm.bias, torch.zeros(192))
+    assert fresh.encoder.norm.eps == 1e-6  # as the original's nn.LayerNorm(768, eps=1e-6)
+    state = trained.state_dict()
+    for k, v in fresh.encoder.state_dict().items():
+        if not k.startswith("norm."):
+            torch.testing.assert_close(v, state[k], rtol=0, atol=0, msg=k)
+    # an average-pooling ViT normalises in fc_norm (norm is an identity): that one is reset
+    pooled = timm.create_model(NAME, num_classes=0, img_size=64, global_pool="avg", **SMALL)
+    with torch.no_grad():
+        pooled.fc_norm.weight.mul_(3.0)
+    assert isinstance(pooled.norm, nn.Identity) and reset_final_norm(pooled) == ["fc_norm"]
+    torch.testing.assert_close(pooled.fc_norm.weight, torch.ones(192))
+    with pytest.raises(ValueError, match="final_norm must be one of"):
+        build_model(NAME, 5, img_size=64, kwargs=SMALL, final_norm="new")

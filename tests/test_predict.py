@@ -40,7 +40,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_predictions_equal_the_evaluation(trained):
     evaluation = pd.read_csv(trained.model_dir.parents[2] / "evaluation/dogs/multistage/predictions.csv")
     images = [str(trained.data / p) for p in evaluation["image"]]
-    proc = run_cli("predict", str(trained.model_dir), *images, "--json", "--top-k", "3")
+    classes = len(pd.read_csv(trained.model_dir / "classes.csv"))
+    # every class listed, so that each stage's own best class is among them
+    proc = run_cli("predict", str(trained.model_dir), *images, "--json", "--top-k", str(classes))
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
     assert [r["image"] for r in results] == images
@@ -48,9 +50,10 @@ def test_predictions_equal_the_evaluation(trained):
         assert r["top_k"][0]["label"] == row["pred_combined"]
         assert r["top_k"][0]["prob"] == pytest.approx(row["prob_combined"], abs=1e-5)
         for stage in ("a", "b", "c"):
+            assert len(r["stages"][stage]) == classes
             best = max(r["stages"][stage], key=lambda t: t["prob"])
-            if best["label"] == row[f"pred_{stage}"]:  # among the combined top-3
-                assert best["prob"] == pytest.approx(row[f"prob_{stage}"], abs=1e-5)
+            assert best["label"] == row[f"pred_{stage}"], (r["image"], stage)
+            assert best["prob"] == pytest.approx(row[f"prob_{stage}"], abs=1e-5)
 
 
 def test_json_holds_k_classes_per_image_and_stage(trained):
@@ -106,11 +109,22 @@ def test_unreadable_files_are_reported_and_the_rest_processed(trained, tmp_path)
         assert f"{name}: " in proc.stderr
 
 
-def test_a_baseline_directory_predicts_its_one_stage(workspace, tmp_path, torch_state):
+def test_a_baseline_directory_predicts_its_one_stage(workspace, tmp_path, torch_state, capsys):
     _, paths, _ = train_in_process(workspace, tmp_path, "digits", "baseline")
-    image = next((workspace / "data/prepared/digits/images").rglob("*.jpg"))
-    code = cli_main(["predict", str(paths.model_dir), str(image), "--json", "--top-k", "10"])
+    evaluation = pd.read_csv(paths.model_dir / "predictions.csv").head(3)
+    images = [str(workspace / "data/prepared/digits" / p) for p in evaluation["image"]]
+    capsys.readouterr()
+    code = cli_main(["predict", str(paths.model_dir), *images, "--json", "--top-k", "10"])
     assert code == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in results] == images
+    for r, (_, row) in zip(results, evaluation.iterrows()):
+        assert set(r["stages"]) == {"a"}  # the baseline has the full-image stage only
+        assert len(r["top_k"]) == 10 and sum(t["prob"] for t in r["top_k"]) == pytest.approx(1.0, abs=1e-4)
+        assert r["top_k"][0]["label"] == row["pred_combined"] == row["pred_a"]
+        assert r["top_k"][0]["prob"] == pytest.approx(row["prob_combined"], abs=1e-5)
+        # one stage: the combined prediction is that stage's
+        assert [t["prob"] for t in r["stages"]["a"]] == [t["prob"] for t in r["top_k"]]
 
 
 def test_a_folder_that_is_not_a_model_directory(tmp_path, capsys):

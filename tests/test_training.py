@@ -72,11 +72,16 @@ def test_both_models_train_evaluate_and_log_to_mlflow(workspace, tmp_path, torch
         assert json.loads((tmp_path / f"metrics/dogs/{model}.json").read_text()) == results[model]
         predictions = pd.read_csv(evaluation / "predictions.csv")
         assert len(predictions) == results[model]["images"] == 12
+        # every accuracy is the one predictions.csv gives, recomputed
+        stages = ["combined", "a"] + (["b", "c"] if model == "multistage" else [])
+        for stage in stages:
+            key = "accuracy" if stage == "combined" else f"accuracy_{stage}"
+            hits = (predictions[f"pred_{stage}"] == predictions["label"]).mean()
+            assert results[model][key] == pytest.approx(100 * hits, abs=1e-3), (model, key)
         assert not paths.checkpoints.exists()  # cleared once the run is complete
     multi = results["multistage"]
-    for key in ("accuracy", "accuracy_a", "accuracy_b", "accuracy_c", "box_iou", "box_recall"):
-        assert 0 <= multi[key] <= 100
-    assert "accuracy_b" not in results["baseline"]
+    assert 0 <= multi["box_iou"] <= 1 and 0 <= multi["box_recall"] <= 1
+    assert "accuracy_b" not in results["baseline"] and "box_iou" not in results["baseline"]
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("vitfgvc")
@@ -168,7 +173,11 @@ def test_ddp_with_two_gloo_processes_matches_one_process(workspace, tmp_path):
     results = {}
     for nproc in (1, 2):
         folder = tmp_path / f"n{nproc}"
-        params = write_params(folder / "cfg", data, **{"runtime.nproc": nproc, "train.batch_size": 8})
+        # crop_aug and the random fallback read per-sample draws: the same whatever the number of processes
+        # (a high crop threshold: the young model's maps are flat, within ~2 % of their max)
+        params = write_params(folder / "cfg", data, **{"runtime.nproc": nproc, "train.batch_size": 8,
+                                                       "aug.crop_p": 0.5, "aug.crop_threshold": [0.95, 1.0],
+                                                       "multistage.fallback": "random"})
         (folder / "data").symlink_to(workspace / "data")
         proc = stage_process(folder, params, "digits", "multistage", env)
         out, err = proc.communicate(timeout=600)
@@ -177,10 +186,11 @@ def test_ddp_with_two_gloo_processes_matches_one_process(workspace, tmp_path):
         summary, weights = outcome(folder, "digits", "multistage")
         results[nproc] = {**summary, **metrics}, weights
     (m1, w1), (m2, w2) = results[1], results[2]
-    # the same global batches and per-sample augmentation: only the order of float sums differs
-    assert m2["final_train_loss"] == pytest.approx(m1["final_train_loss"], rel=1e-4)
+    # the same global batches and per-sample augmentation: only the order of float sums differs (weights
+    # ~1e-8 apart; with crop thresholds drawn per step instead of per sample they were 2e-5 apart)
+    assert m2["final_train_loss"] == pytest.approx(m1["final_train_loss"], rel=1e-6)
     for k in w1:
-        torch.testing.assert_close(w2[k], w1[k], rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-5, atol=1e-6)
     for key in ("accuracy", "accuracy_a", "accuracy_b", "accuracy_c", "box_iou"):
         assert m2[key] == pytest.approx(m1[key], abs=2.1), key  # at most one of 48 test images flips
 

@@ -3,6 +3,9 @@
 Input: the per-layer softmax probabilities ``Sequence[Tensor[B, heads, T, T]]`` that
 ``FGVCViT(x, capture_attn=True)`` returns. Output: ``Tensor[B, gh, gw]``, the CLS
 token's attention over the patch tokens, each map divided by its max (so in [0, 1]).
+Maps are computed in float32 (float64 stays float64) with autocast off, whatever the
+dtype of the probabilities or the autocast around the call: a bf16 product of twelve
+row-stochastic matrices keeps too few digits to place a threshold.
 """
 
 from __future__ import annotations
@@ -78,14 +81,16 @@ def rollout(
     # Only R's CLS row is needed: e0^T A_L ... A_1 is a row vector times matrices from
     # the last layer down, O(L T^2) instead of the O(L T^3) of the full product.
     row = None
-    for a in reversed(attn):
-        a = fuse_heads(a, head_fusion)
-        if discard_ratio > 0:
-            a = _discard_lowest(a, discard_ratio)
-        a = a + torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-        a = a / a.sum(-1, keepdim=True)
-        row = a[:, 0] if row is None else torch.bmm(row.unsqueeze(1), a).squeeze(1)
-    return _to_grid(row, num_prefix_tokens, grid)
+    dtype = torch.promote_types(attn[0].dtype, torch.float32)
+    with torch.autocast(attn[0].device.type, enabled=False):
+        for a in reversed(attn):
+            a = fuse_heads(a.to(dtype), head_fusion)  # one layer at a time in float32
+            if discard_ratio > 0:
+                a = _discard_lowest(a, discard_ratio)
+            a = a + torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+            a = a / a.sum(-1, keepdim=True)
+            row = a[:, 0] if row is None else torch.bmm(row.unsqueeze(1), a).squeeze(1)
+        return _to_grid(row, num_prefix_tokens, grid)
 
 
 def last_layer(
@@ -97,4 +102,7 @@ def last_layer(
     """The CLS row of the last layer's fused attention over the patches, ``[B, gh, gw]``, max-normalised."""
     if not len(attn):
         raise ValueError("last_layer needs the attention of at least one layer")
-    return _to_grid(fuse_heads(attn[-1], head_fusion)[:, 0], num_prefix_tokens, grid)
+    last = attn[-1]
+    with torch.autocast(last.device.type, enabled=False):
+        last = last.to(torch.promote_types(last.dtype, torch.float32))
+        return _to_grid(fuse_heads(last, head_fusion)[:, 0], num_prefix_tokens, grid)

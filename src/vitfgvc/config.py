@@ -186,6 +186,8 @@ class ModelSection(Section):
     weights: str | None = None
     img_size: PosInt = 384
     kwargs: dict[str, int | float | str | bool] = {}
+    # defaults of keys added later keep the behaviour a model directory written before them was trained with
+    final_norm: Literal["fresh", "pretrained"] = "pretrained"
 
 
 PosPair = Annotated[list[PosFloat], Field(min_length=2, max_length=2), AfterValidator(_ordered_pair)]
@@ -231,7 +233,9 @@ class MultistageSection(Section):
     threshold: Literal["mean", "otsu"] = "mean"
     map_size: PosInt = 448
     closing: NonNegInt = 3
+    closing_footprint: Literal["square", "cross"] = "square"
     min_area: Unit = 0.0
+    small_components: Literal["fallback", "skip"] = "fallback"
     fallback: Literal["full", "random"] = "full"
     num_parts: PosInt = 2
     part_window: Annotated[float, _in(0, 1, lo_open=True)] = 1 / 3
@@ -241,6 +245,15 @@ class MultistageSection(Section):
     part_grid: PosInt = 128
     part_loss: Literal["sum", "mean"] = "sum"
     parts_from_erased: bool = False
+
+    @field_validator("closing_footprint")
+    @classmethod
+    def _odd_cross(cls, v: str, info: ValidationInfo) -> str:
+        closing = info.data.get("closing", 0)
+        if v == "cross" and closing > 1 and closing % 2 == 0:
+            raise ValueError(f"must be square with an even multistage.closing ({closing}): a cross needs a centre "
+                             "row and column")
+        return v
 
 
 class AugSection(Section):

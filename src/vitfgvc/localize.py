@@ -18,6 +18,8 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 __all__ = [
+    "FOOTPRINTS",
+    "SMALL_COMPONENTS",
     "binary_closing",
     "compose_boxes",
     "crop_resize",
@@ -73,35 +75,91 @@ _THRESHOLDS = {"mean": threshold_mean, "otsu": threshold_otsu}
 
 
 # ----------------------------------------------------------------- morphology
-def binary_closing(mask_bhw: Tensor, size: int) -> Tensor:
-    """Closing of boolean masks ``[B, h, w]`` with a ``size`` x ``size`` square footprint.
+FOOTPRINTS = ("square", "cross")
 
-    Pixels outside the map count as background for the dilation and foreground for
-    the erosion (skimage's ``mode="ignore"``), so closing never removes mask pixels.
-    ``size`` 0 or 1 returns the mask unchanged.
+
+def _max_filter(x: Tensor, size: int, footprint: str, fill: float, mirrored: bool) -> Tensor:
+    """Max of ``x [B, 1, h, w]`` over a ``size``-wide square or cross; outside the map counts as ``fill``."""
+    a, b = (size - 1) // 2, size // 2
+    if mirrored:
+        a, b = b, a
+    if footprint == "square":
+        return F.max_pool2d(F.pad(x, (a, b, a, b), value=fill), size, stride=1)
+    # the cross is the union of the centre row and column: the larger of a row and a column pass
+    rows = F.max_pool2d(F.pad(x, (a, b, 0, 0), value=fill), (1, size), stride=1)
+    cols = F.max_pool2d(F.pad(x, (0, 0, a, b), value=fill), (size, 1), stride=1)
+    return torch.maximum(rows, cols)
+
+
+def binary_closing(mask_bhw: Tensor, size: int, footprint: str = "square") -> Tensor:
+    """Closing of boolean masks ``[B, h, w]`` with a ``size``-wide ``square`` or ``cross`` footprint.
+
+    ``cross``: the centre row and column of the square (odd ``size`` only); at 3 it is
+    skimage's default footprint (``closing(mask)``, connectivity 1). Pixels outside the
+    map count as background for the dilation and foreground for the erosion (skimage's
+    ``mode="ignore"``), so closing never removes mask pixels; for these symmetric odd
+    footprints that equals skimage's default ``mode="reflect"``. ``size`` 0 or 1 returns
+    the mask unchanged.
     """
+    if footprint not in FOOTPRINTS:
+        raise ValueError(f"footprint must be one of {', '.join(FOOTPRINTS)}, got {footprint!r}")
     if size <= 1:
         return mask_bhw
+    if footprint == "cross" and size % 2 == 0:
+        raise ValueError(f"a cross footprint needs an odd size (a centre row and column), got {size}")
     x = mask_bhw.unsqueeze(1).float()
-    lo, hi = (size - 1) // 2, size // 2
-    # even footprints reach one cell further forward in the dilation and backward in
-    # the erosion (skimage's padded, then mirrored footprint)
-    dilated = F.max_pool2d(F.pad(x, (lo, hi, lo, hi), value=0.0), size, stride=1)
-    eroded = -F.max_pool2d(F.pad(-dilated, (hi, lo, hi, lo), value=-1.0), size, stride=1)
+    # even squares reach one cell further forward in the dilation and backward in the
+    # erosion (skimage's padded, then mirrored footprint)
+    dilated = _max_filter(x, size, footprint, 0.0, mirrored=False)
+    eroded = -_max_filter(-dilated, size, footprint, -1.0, mirrored=True)
     return eroded.squeeze(1) > 0.5
 
 
-def _component_at(mask_bhw: Tensor, seed_b: Tensor) -> Tensor:
-    """The 8-connected component of each mask that holds the flat index ``seed`` (empty if off-mask).
+def _label(mask_bhw: Tensor) -> np.ndarray:
+    """8-connected component labels ``[B, h, w]`` (0 = background), numbered in raster order over the batch.
 
     One ``scipy.ndimage.label`` call labels the whole batch on the CPU (the structure
     connects cells within a map only): ~0.2 ms for 8 maps of 24x24 and ~2 ms for
     128x128, where an iterative torch propagation needs up to hundreds of steps.
     """
     labels, _ = ndimage.label(mask_bhw.cpu().numpy(), structure=_EIGHT_CONNECTED)
-    labels = torch.from_numpy(labels).to(mask_bhw.device)
+    return labels
+
+
+def _component_at(mask_bhw: Tensor, seed_b: Tensor) -> Tensor:
+    """The 8-connected component of each mask that holds the flat index ``seed`` (empty if off-mask)."""
+    labels = torch.from_numpy(_label(mask_bhw)).to(mask_bhw.device)
     at_seed = labels.flatten(1).gather(1, seed_b.unsqueeze(1)).view(-1, 1, 1)
     return (labels == at_seed) & (at_seed > 0)
+
+
+def _best_component_boxes(maps_bhw: Tensor, mask_bhw: Tensor, min_cells: int) -> tuple[Tensor, Tensor]:
+    """The original's rule: boxes ``[B, 4]`` and found ``[B]`` of the best component of at least ``min_cells`` cells.
+
+    Every 8-connected component smaller than ``min_cells`` is dropped; of the others,
+    the one whose bounding box holds the highest map value wins (the value is read
+    over the whole box, as the original's ``attention_map[minr:maxr, minc:maxc].max()``;
+    ties go to the first component in raster order, as its stable sort).
+    """
+    b, h, w = mask_bhw.shape
+    labels = _label(mask_bhw)
+    areas = np.bincount(labels.ravel())
+    slices = ndimage.find_objects(labels)
+    values = maps_bhw.detach().float().cpu().numpy()
+    best = [None] * b
+    score = np.full(b, -np.inf)
+    for lab in np.flatnonzero(areas[1:] >= min_cells) + 1:
+        sl = slices[lab - 1]
+        i = sl[0].start
+        peak = values[sl].max()
+        if peak > score[i]:
+            score[i], best[i] = peak, sl
+    boxes = np.tile(np.asarray(FULL_BOX, dtype=np.float32), (b, 1))
+    for i, sl in enumerate(best):
+        if sl is not None:
+            boxes[i] = (sl[2].start / w, sl[1].start / h, sl[2].stop / w, sl[1].stop / h)
+    found = torch.tensor([sl is not None for sl in best], device=maps_bhw.device)
+    return torch.from_numpy(boxes).to(maps_bhw.device), found
 
 
 def mask_boxes(mask_bhw: Tensor) -> Tensor:
@@ -116,18 +174,20 @@ def mask_boxes(mask_bhw: Tensor) -> Tensor:
 
 
 def random_boxes(
-    n: int,
+    u_n4: Tensor,
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    generator: torch.Generator | None = None,
 ) -> Tensor:
-    """``n`` random boxes ``[n, 4]`` like RandomResizedCrop: area fraction in ``scale``, log-uniform aspect ``ratio``.
+    """Random boxes ``[n, 4]`` like RandomResizedCrop from uniforms ``u_n4 [n, 4]`` in [0, 1).
 
-    Sides above 1 are clipped to 1 (instead of torchvision's retries). Drawn on the
-    generator's device (CPU by default).
+    The columns place, in turn, the area fraction in ``scale``, the aspect ratio
+    (log-uniform) in ``ratio``, and the box's left and top edges. Sides above 1 are
+    clipped to 1 (instead of torchvision's retries). ``random_boxes(torch.rand(n, 4))``
+    draws ``n`` boxes.
     """
-    device = generator.device if generator is not None else "cpu"
-    u = torch.rand(n, 4, generator=generator, device=device, dtype=torch.float64)
+    if u_n4.ndim != 2 or u_n4.shape[1] != 4:
+        raise ValueError(f"u_n4 must be [n, 4] uniforms, got shape {tuple(u_n4.shape)}")
+    u = u_n4.double()
     area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
     log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
     bw = (area * log_r.exp()).sqrt().clamp(max=1.0)
@@ -136,26 +196,38 @@ def random_boxes(
     return torch.stack([x0, y0, x0 + bw, y0 + bh], dim=1).float()
 
 
+SMALL_COMPONENTS = ("fallback", "skip")
+
+
 def object_boxes(
     maps: Tensor,
     threshold: str = "mean",
     closing: int = 3,
     min_area: float = 0.0,
     fallback: str = "full",
-    generator: torch.Generator | None = None,
+    *,
+    closing_footprint: str = "square",
+    small_components: str = "fallback",
+    u_fallback: Tensor | None = None,
 ) -> Tensor:
     """The object box ``[B, 4]`` of each attention map ``[B, h, w]``.
 
     Binarise each map (pixels > its ``mean`` or ``otsu`` threshold), close the mask
-    with a ``closing`` x ``closing`` square (0 or 1 = off), take the 8-connected
-    component (diagonal neighbours join, as in ``skimage.measure.label``'s 2-D default)
-    holding the map's maximum (the first in row-major order on ties) and return its
-    bounding box. The labelling runs on the CPU (one scipy call for the batch; CUDA
-    maps make one small round trip). When that component is empty (flat or all-zero map) or
-    smaller than ``min_area`` (a fraction of the map's cells), fall back to the whole
-    map (``"full"``: (0, 0, 1, 1)) or to a :func:`random_boxes` box (``"random"``,
-    drawn for every map from ``generator`` so the draws do not depend on which maps
-    fall back).
+    (:func:`binary_closing` with a ``closing``-wide ``closing_footprint``; 0 or 1 = off)
+    and box one 8-connected component (diagonal neighbours join, as in
+    ``skimage.measure.label``'s 2-D default). Which one, by ``small_components``:
+
+    - ``"fallback"``: the component holding the map's maximum (the first in row-major
+      order on ties); when it is smaller than ``min_area`` (a fraction of the map's
+      cells), no box is found.
+    - ``"skip"`` (the original's rule): components smaller than ``min_area`` are
+      dropped; of the rest, the one whose bounding box holds the highest map value.
+
+    Where no box is found (also: a flat or all-zero map) the box is the whole map
+    (``fallback="full"``) or a :func:`random_boxes` box from the per-map uniforms
+    ``u_fallback [B, 4]`` (``"random"``; drawn from torch's global generator when not
+    given). The labelling runs on the CPU (one scipy call for the batch; CUDA maps
+    make one small round trip).
     """
     if maps.ndim != 3:
         raise ValueError(f"maps must be [B, h, w], got shape {tuple(maps.shape)}")
@@ -163,18 +235,26 @@ def object_boxes(
         raise ValueError(f"threshold must be one of {', '.join(_THRESHOLDS)}, got {threshold!r}")
     if fallback not in ("full", "random"):
         raise ValueError(f"fallback must be full or random, got {fallback!r}")
+    if small_components not in SMALL_COMPONENTS:
+        raise ValueError(f"small_components must be one of {', '.join(SMALL_COMPONENTS)}, got {small_components!r}")
     maps = maps.detach()
     b, h, w = maps.shape
-    mask = maps > _THRESHOLDS[threshold](maps).view(b, 1, 1)
-    mask = binary_closing(mask, closing)
-    region = _component_at(mask, maps.flatten(1).argmax(1))
-    area = region.flatten(1).sum(1)
-    ok = (area > 0) & (area >= min_area * h * w)
-    boxes = mask_boxes(region)
+    mask = binary_closing(maps > _THRESHOLDS[threshold](maps).view(b, 1, 1), closing, closing_footprint)
+    # the fewest cells that make min_area (robust to min_area * h * w landing a hair above an integer)
+    min_cells = max(1, math.ceil(min_area * h * w - 1e-6))
+    if small_components == "skip":
+        boxes, ok = _best_component_boxes(maps, mask, min_cells)
+    else:
+        region = _component_at(mask, maps.flatten(1).argmax(1))
+        ok = region.flatten(1).sum(1) >= min_cells
+        boxes = mask_boxes(region)
     if fallback == "full":
         spare = boxes.new_tensor(FULL_BOX).expand(b, 4)
     else:
-        spare = random_boxes(b, generator=generator).to(boxes.device)
+        u = torch.rand(b, 4) if u_fallback is None else u_fallback
+        if u.shape != (b, 4):
+            raise ValueError(f"u_fallback must be [{b}, 4] uniforms, got shape {tuple(u.shape)}")
+        spare = random_boxes(u).to(boxes.device)
     return torch.where(ok.unsqueeze(1), boxes, spare)
 
 
@@ -288,15 +368,21 @@ def crop_resize(images: Tensor, boxes: Tensor, size: int | tuple[int, int]) -> T
     ``[B*k, ...]``). ``size`` is an int (square) or ``(height, width)``. Bilinear
     ``roi_align`` (aligned, adaptive sampling: a box resized to its own pixel size
     reproduces the pixels exactly; a shrinking one averages ceil(ratio)^2 samples per
-    output pixel). Differentiable w.r.t. ``images``.
+    output pixel). Differentiable w.r.t. ``images``. The ROIs (image index and box in
+    pixels) are float32 whatever the images' dtype, and the crop runs in float32 for
+    bf16/fp16 images (cast back after): bf16 holds integers exactly only up to 256, so
+    a bf16 index would hand image 257 the crop of image 256.
     """
     if boxes.shape[0] != images.shape[0] or boxes.shape[-1] != 4 or boxes.ndim not in (2, 3):
         raise ValueError(f"boxes must be [B, 4] or [B, k, 4] for B={images.shape[0]}, got {tuple(boxes.shape)}")
     out_hw = (size, size) if isinstance(size, int) else tuple(size)
     b, c, h, w = images.shape
     per_image = 1 if boxes.ndim == 2 else boxes.shape[1]
-    pixels = boxes.reshape(-1, 4).to(images.dtype) * images.new_tensor([w, h, w, h])
-    batch_idx = torch.arange(b, device=images.device, dtype=images.dtype).repeat_interleave(per_image)
+    work = torch.promote_types(images.dtype, torch.float32)
+    pixels = boxes.reshape(-1, 4).to(device=images.device, dtype=work) * torch.tensor(
+        [w, h, w, h], dtype=work, device=images.device)
+    batch_idx = torch.arange(b, device=images.device, dtype=work).repeat_interleave(per_image)
     rois = torch.cat([batch_idx.unsqueeze(1), pixels], dim=1)
-    crops = roi_align(images, rois, output_size=out_hw, spatial_scale=1.0, sampling_ratio=0, aligned=True)
+    crops = roi_align(images.to(work), rois, output_size=out_hw, spatial_scale=1.0, sampling_ratio=0, aligned=True)
+    crops = crops.to(images.dtype)
     return crops if boxes.ndim == 2 else crops.view(b, per_image, c, *out_hw)

@@ -24,7 +24,8 @@ from timm.layers import Attention, maybe_add_mask, resolve_self_attn_mask
 from timm.models import load_checkpoint
 from torch import Tensor, nn
 
-__all__ = ["FGVCViT", "build_model", "capture_attention", "load_encoder_weights", "norm_param_names"]
+__all__ = ["FGVCViT", "build_model", "capture_attention", "load_encoder_weights", "norm_param_names",
+           "reset_final_norm"]
 
 
 # Inference capture computes the attention in chunks of samples whose [heads, T, T]
@@ -34,6 +35,9 @@ __all__ = ["FGVCViT", "build_model", "capture_attention", "load_encoder_weights"
 _CHUNK_BYTES = 24 << 20
 
 FUSIONS = ("mean", "max", "min")
+FINAL_NORMS = ("fresh", "pretrained")
+# what the block-by-block forward (checkpointing, capture) reads of a timm VisionTransformer
+_VIT_PARTS = ("patch_embed", "_pos_embed", "patch_drop", "norm_pre", "blocks", "norm")
 
 
 def _fuse(attn_bhtt: Tensor, fuse: str | None) -> Tensor:
@@ -56,26 +60,34 @@ def _explicit_forward(
     """timm's ``Attention.forward`` with the probabilities computed explicitly and appended to ``store``.
 
     ``fuse`` (mean | max | min) stores the heads fused, ``[B, 1, T, T]``, instead of all of them.
+    The scores, the softmax, the head fusion and ``attn @ v`` run in float32 with autocast
+    off, whatever the autocast or the model's dtype (the maps and the boxes are read off
+    these probabilities; bf16 keeps 3 significant digits of a 1/T-sized number); the
+    output returns to the dtype of ``v``. In float32 the casts are no-ops.
     """
     m = attn_mod
     b, n, _ = x.shape
     gate = m.gate(x).sigmoid() if getattr(m, "gate", None) is not None else None
     q, k, v = m.qkv(x).reshape(b, n, 3, m.num_heads, m.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = m.q_norm(q), m.k_norm(k)
-    mask = resolve_self_attn_mask(n, q, attn_mask, is_causal)
+    out_dtype = v.dtype
+    work = torch.promote_types(q.dtype, torch.float32)
+    mask = resolve_self_attn_mask(n, q.new_empty((), dtype=work), attn_mask, is_causal)  # an additive bias in `work`
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
-    per_sample = m.num_heads * n * n * q.element_size()
+    per_sample = m.num_heads * n * n * work.itemsize  # the [heads, T, T] buffer of one sample
     step = b if grad or x.device.type != "cpu" else max(1, _CHUNK_BYTES // per_sample)
     outs, kept = [], []
-    for i in range(0, b, step):
-        attn = (q[i:i + step] * m.scale) @ k[i:i + step].transpose(-2, -1)
-        attn = maybe_add_mask(attn, mask[i:i + step] if mask is not None and mask.dim() == 4 and mask.shape[0] == b
-                              else mask)
-        # without autograd, softmax in place: one buffer instead of two
-        attn = attn.softmax(-1) if grad else torch.softmax(attn, -1, out=attn)
-        if store is not None:
-            kept.append(_fuse(attn, fuse))
-        outs.append(m.attn_drop(attn) @ v[i:i + step])
+    with torch.autocast(x.device.type, enabled=False):
+        for i in range(0, b, step):
+            qi, ki, vi = (t[i:i + step].to(work) for t in (q, k, v))
+            attn = (qi * m.scale) @ ki.transpose(-2, -1)
+            attn = maybe_add_mask(attn, mask[i:i + step] if mask is not None and mask.dim() == 4
+                                  and mask.shape[0] == b else mask)
+            # without autograd, softmax in place: one buffer instead of two
+            attn = attn.softmax(-1) if grad else torch.softmax(attn, -1, out=attn)
+            if store is not None:
+                kept.append(_fuse(attn, fuse))
+            outs.append((m.attn_drop(attn) @ vi).to(out_dtype))
     if store is not None:
         store.append(kept[0] if len(kept) == 1 else torch.cat(kept))
     x = (outs[0] if len(outs) == 1 else torch.cat(outs)).transpose(1, 2).reshape(b, n, m.num_heads * m.head_dim)
@@ -153,6 +165,21 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
         raise RuntimeError(f"{path}: cannot load these weights into {type(encoder).__name__}: {exc}") from exc
 
 
+def reset_final_norm(encoder: nn.Module) -> list[str]:
+    """Re-initialise the encoder's final norm: ``norm``, and ``fc_norm`` where it is a norm layer. Returns their names.
+
+    A ViT pooling the CLS token normalises with ``norm``; one pooling by average with
+    ``fc_norm`` (``norm`` then is an identity). Layers without parameters are skipped.
+    """
+    names = []
+    for name in ("norm", "fc_norm"):
+        layer = getattr(encoder, name, None)
+        if layer is not None and any(True for _ in layer.parameters()) and hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+            names.append(name)
+    return names
+
+
 class FGVCViT(nn.Module):
     """A timm ViT encoder and the paper's head ``Linear(d, d) -> ReLU -> Linear(d, C)``.
 
@@ -171,6 +198,7 @@ class FGVCViT(nn.Module):
         self.encoder = encoder
         d = encoder.num_features
         self.head = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, num_classes))
+        self.grad_checkpointing = False
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -181,22 +209,39 @@ class FGVCViT(nn.Module):
         return tuple(self.encoder.patch_embed.grid_size)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.encoder.set_grad_checkpointing(enable)
+        """Checkpoint every encoder block in training, always non-reentrant.
+
+        The model checkpoints the blocks itself instead of through timm's ``checkpoint_seq``,
+        which turns reentrant when ``TIMM_REENTRANT_CKPT`` is set: reentrant checkpointing
+        gives no gradient to a block whose input needs none, so in the frozen phase (patch
+        and position embeddings frozen) the block norms would not train.
+        """
+        missing = [a for a in _VIT_PARTS if not hasattr(self.encoder, a)]
+        if enable and missing:
+            raise ValueError(f"gradient checkpointing needs a timm VisionTransformer-like encoder; "
+                             f"{type(self.encoder).__name__} has no {', '.join(missing)}")
+        self.grad_checkpointing = enable
+        self.encoder.set_grad_checkpointing(False)
 
     def norm_param_names(self) -> list[str]:
         """Names (in ``self.named_parameters()``) of the encoder's normalisation parameters."""
         return norm_param_names(self.encoder, prefix="encoder.")
 
-    def _tokens_captured(self, x: Tensor, store: list[Tensor], fuse: str | None) -> Tensor:
+    def _tokens(self, x: Tensor, store: list[Tensor] | None = None, fuse: str | None = None) -> Tensor:
+        """The encoder's final-norm tokens ``[B, T, d]``; with a ``store`` the attention is captured into it."""
         enc = self.encoder
-        if not (enc.grad_checkpointing and torch.is_grad_enabled()):
+        if not (self.grad_checkpointing and torch.is_grad_enabled()):
+            if store is None:
+                return enc.forward_features(x)
             with capture_attention(enc, store, fuse):
                 return enc.forward_features(x)
-        # timm's checkpoint_seq would recompute the blocks fused in the backward pass and
-        # save other tensors than the explicit forward did: checkpoint each block here
-        # with the explicit path in both passes, recording only in the first.
         x = enc.norm_pre(enc.patch_drop(enc._pos_embed(enc.patch_embed(x))))
         for blk in enc.blocks:
+            if store is None:
+                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+                continue
+            # the recomputation in the backward pass must save the same tensors as the forward:
+            # the explicit path in both passes, recording only in the first
             contexts = lambda b=blk: (capture_attention(b, store, fuse), capture_attention(b, None))  # noqa: E731
             x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False, context_fn=contexts)
         return enc.norm(x)
@@ -206,15 +251,16 @@ class FGVCViT(nn.Module):
 
         ``capture_attn``: ``True`` for every head's probabilities ``[B, heads, T, T]`` per
         layer; a head fusion (``"mean"``, ``"max"``, ``"min"``) for ``[B, 1, T, T]``, fused as
-        the layer runs (what the rollout needs, at a fraction of the memory).
+        the layer runs (what the rollout needs, at a fraction of the memory). The
+        probabilities are float32 whatever the autocast.
         """
         if not capture_attn:
-            return self.encoder.forward_head(self.encoder.forward_features(x), pre_logits=True)
+            return self.encoder.forward_head(self._tokens(x), pre_logits=True)
         fuse = None if capture_attn is True else capture_attn
         if fuse is not None and fuse not in FUSIONS:
             raise ValueError(f"capture_attn must be True or one of {FUSIONS}, got {capture_attn!r}")
         store: list[Tensor] = []
-        tokens = self._tokens_captured(x, store, fuse)
+        tokens = self._tokens(x, store, fuse)
         return self.encoder.forward_head(tokens, pre_logits=True), store
 
     def forward_head(self, features: Tensor) -> Tensor:
@@ -238,18 +284,25 @@ def build_model(
     weights: str | Path | None = None,
     kwargs: dict | None = None,
     grad_checkpointing: bool = False,
+    final_norm: str = "pretrained",
 ) -> FGVCViT:
     """An :class:`FGVCViT` over ``timm.create_model(name, num_classes=0, img_size=img_size, **kwargs)``.
 
     Pretrained weights come from timm's hub tag (``pretrained=True``, e.g.
     ``vit_base_patch16_384.orig_in21k_ft_in1k``) or from a local file ``weights``
-    (see :func:`load_encoder_weights`); not both.
+    (see :func:`load_encoder_weights`); not both. ``final_norm="fresh"`` re-initialises
+    the encoder's final norm after loading them (as the original, which put a new
+    ``LayerNorm`` between the encoder and the head); ``"pretrained"`` keeps the loaded one.
     """
     if pretrained and weights is not None:
         raise ValueError("give either pretrained=True (timm hub) or a local weights file, not both")
+    if final_norm not in FINAL_NORMS:
+        raise ValueError(f"final_norm must be one of {FINAL_NORMS}, got {final_norm!r}")
     encoder = timm.create_model(name, pretrained=pretrained, num_classes=0, img_size=img_size, **(kwargs or {}))
     if weights is not None:
         load_encoder_weights(encoder, weights)
+    if final_norm == "fresh":
+        reset_final_norm(encoder)
     model = FGVCViT(encoder, num_classes)
     model.set_grad_checkpointing(grad_checkpointing)
     return model

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from .attention import last_layer, rollout
 from .augment import attention_crop_boxes, attention_erase
 from .config import RunConfig
+from .data.loader import NUM_DRAWS, Draw
 from .localize import compose_boxes, crop_resize, object_boxes, part_boxes
 from .model import FGVCViT, build_model
 
@@ -84,7 +85,7 @@ class Baseline(nn.Module):
     def set_epoch(self, epoch: int) -> None:
         """Nothing changes with the epoch for the baseline."""
 
-    def forward(self, images: Tensor, draws: Tensor | None = None, generator=None, *, with_maps: bool = False,
+    def forward(self, images: Tensor, draws: Tensor | None = None, *, with_maps: bool = False,
                 keep_views: bool = False) -> StageOutput:
         x = _resize(images, self.cfg.backbone.img_size)
         if not with_maps:
@@ -118,13 +119,26 @@ class MultiStage(nn.Module):
         return rollout(attn, head_fusion=self.ms.head_fusion, discard_ratio=self.ms.discard_ratio,
                        num_prefix_tokens=self.net.num_prefix_tokens, grid=self.net.grid)
 
-    def forward(self, images: Tensor, draws: Tensor | None = None, generator: torch.Generator | None = None, *,
-                with_maps: bool = True, keep_views: bool = False) -> StageOutput:
+    def _draws(self, draws: Tensor | None, b: int, device: torch.device) -> Tensor:
+        """``draws`` checked, or stand-ins: torch's global generator in training, a fixed seed in evaluation."""
+        if draws is None:
+            # evaluation and predict stay deterministic (a random fallback box reads draws too)
+            gen = None if self.training else torch.Generator().manual_seed(0)
+            return torch.rand(b, NUM_DRAWS, generator=gen).to(device)
+        if draws.ndim != 2 or draws.shape[0] != b or draws.shape[1] < NUM_DRAWS:
+            raise ValueError(f"draws must be [{b}, {NUM_DRAWS}] per-image uniforms (columns: data.loader.Draw), "
+                             f"got shape {tuple(draws.shape)}")
+        return draws.to(device)
+
+    def forward(self, images: Tensor, draws: Tensor | None = None, *, with_maps: bool = True,
+                keep_views: bool = False) -> StageOutput:
         """``images`` ``[B, 3, H, H]`` at the high-res size, normalised (the map is always computed).
 
-        ``draws`` ``[B, >=3]`` uniforms decide per image (training only): erase stage a
-        (``< aug.erase_p``), attention-crop stage a (``< aug.crop_p``), erase stage b.
-        ``generator`` draws the crop thresholds and any random fallback box.
+        ``draws`` ``[B, NUM_DRAWS]`` per-image uniforms (the dataset's; columns:
+        :class:`~vitfgvc.data.loader.Draw`) make every random choice: erasing and
+        attention-cropping stage a and erasing stage b (training only), the crop
+        threshold, and a random fallback object box. Without them, training draws from
+        torch's global generator and evaluation from a fixed seed.
         """
         ms, aug, size = self.ms, self.aug, self.cfg.backbone.img_size
         hi = images
@@ -134,8 +148,7 @@ class MultiStage(nn.Module):
             return StageOutput({"a": self.net(x_a)})
         erase = self.training and aug.erase_p > 0
         crop = self.training and aug.crop_p > 0
-        if (erase or crop) and draws is None:
-            draws = torch.rand(b, 3, generator=generator, device=hi.device)
+        draws = self._draws(draws, b, hi.device)
         views: dict[str, Tensor] = {}
 
         if erase or crop:
@@ -145,12 +158,13 @@ class MultiStage(nn.Module):
             maps = self.attention_map(attn)
             view_a, map_a = x_a, maps
             if crop:
-                crop_b4 = attention_crop_boxes(maps, 1.0, tuple(aug.crop_threshold), aug.crop_pad,
-                                               generator=generator, apply=draws[:, 1] < aug.crop_p)
+                crop_b4 = attention_crop_boxes(maps, aug.crop_p, tuple(aug.crop_threshold), aug.crop_pad,
+                                               u_apply=draws[:, Draw.CROP_A], u_threshold=draws[:, Draw.CROP_THRESHOLD])
                 view_a = crop_resize(hi, crop_b4, size)
                 map_a = crop_resize(maps.unsqueeze(1), crop_b4, tuple(maps.shape[-2:])).squeeze(1)
             if erase:
-                view_a = attention_erase(view_a, map_a, 1.0, aug.erase_threshold, apply=draws[:, 0] < aug.erase_p)
+                view_a = attention_erase(view_a, map_a, aug.erase_p, aug.erase_threshold,
+                                         u_apply=draws[:, Draw.ERASE_A])
             logits_a = None
         else:
             # no augmentation needs the clean map first: stage a's own pass gives it
@@ -164,7 +178,9 @@ class MultiStage(nn.Module):
             fine = F.interpolate(maps.unsqueeze(1), size=(ms.map_size, ms.map_size), mode="bilinear",
                                  align_corners=False).squeeze(1)
             obj = object_boxes(fine, threshold=ms.threshold, closing=ms.closing, min_area=ms.min_area,
-                               fallback=ms.fallback, generator=generator)
+                               fallback=ms.fallback, closing_footprint=ms.closing_footprint,
+                               small_components=ms.small_components,
+                               u_fallback=draws[:, Draw.FALLBACK_BOX:Draw.FALLBACK_BOX + 4])
         obj_map = None
         if ms.parts or (ms.object and erase):
             obj_map = crop_resize(maps.unsqueeze(1), obj, ms.part_grid).squeeze(1)  # [B, g, g], max ~1
@@ -172,7 +188,7 @@ class MultiStage(nn.Module):
         crops, parts_abs = [], None
         if ms.object:
             x_b = crop_resize(hi, obj, size)
-            view_b = attention_erase(x_b, obj_map, 1.0, aug.erase_threshold, apply=draws[:, 2] < aug.erase_p) \
+            view_b = attention_erase(x_b, obj_map, aug.erase_p, aug.erase_threshold, u_apply=draws[:, Draw.ERASE_B]) \
                 if erase else x_b
             crops.append(view_b)
         if ms.parts:
@@ -213,5 +229,5 @@ def build(cfg: RunConfig, num_classes: int, *, load_pretrained: bool = True,
     net = build_model(bb.name, num_classes, img_size=bb.img_size,
                       pretrained=load_pretrained and bb.pretrained and bb.weights is None,
                       weights=bb.weights if load_pretrained else None, kwargs=dict(bb.kwargs),
-                      grad_checkpointing=grad_checkpointing)
+                      grad_checkpointing=grad_checkpointing, final_norm=bb.final_norm)
     return (Baseline if cfg.model == "baseline" else MultiStage)(net, cfg)

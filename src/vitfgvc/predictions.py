@@ -49,9 +49,9 @@ def predict(model, loader, device: torch.device, autocast) -> Predictions:
     index, targets, boxes, obj = [], [], [], []
     probs: dict[str, list] = {}
     try:
-        for images, y, idx, true_boxes, _draws in loader:
-            with autocast():
-                out = model(images.to(device, non_blocking=True))
+        for images, y, idx, true_boxes, draws in loader:
+            with autocast():  # the dataset's per-image draws: a random fallback box does not depend on batching
+                out = model(images.to(device, non_blocking=True), draws.to(device))
             for k, v in out.probabilities().items():
                 probs.setdefault(k, []).append(v.float().cpu().numpy())
             index.append(idx.numpy())

@@ -34,7 +34,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .config import RunConfig, RuntimeSection
-from .data.loader import EpochBatches, Manifest, ManifestDataset, sample_seed
+from .data.loader import EpochBatches, Manifest, ManifestDataset
 from .devices import Dist, autocast_for, device_for, make_loader
 from .errors import UserError
 from .inference import CLASSES, CONFIG, TRAINING_SUMMARY, WEIGHTS
@@ -215,7 +215,6 @@ def train_one_epoch(state: TrainState, ctx: Context, ds: ManifestDataset, sample
     micro = iter(loader)
     try:
         while state.step < sampler.steps:
-            gen = torch.Generator(device).manual_seed(sample_seed(cfg.seed, state.epoch, state.step, stream=2))
             for a in range(rt.accum_steps):
                 images, labels, _idx, _boxes, draws = next(micro)
                 images, labels, draws = (x.to(device, non_blocking=True) for x in (images, labels, draws))
@@ -223,7 +222,7 @@ def train_one_epoch(state: TrainState, ctx: Context, ds: ManifestDataset, sample
                 no_sync = wrapped.no_sync if (d.world > 1 and not last) else contextlib.nullcontext
                 with no_sync():
                     with ctx.autocast():
-                        out = wrapped(images, draws, gen)
+                        out = wrapped(images, draws)
                     loss, parts = loss_of(out, labels, cfg)
                     if not d.all_true(bool(torch.isfinite(loss)), device):
                         raise NonFiniteLossError(

@@ -99,12 +99,12 @@ def draw_row(axes, image_hi: torch.Tensor, out: StageOutput, i: int, *, title: s
 
 
 @torch.no_grad()
-def explain(model, images_hi: torch.Tensor) -> StageOutput:
+def explain(model, images_hi: torch.Tensor, draws: torch.Tensor | None = None) -> StageOutput:
     """The evaluation forward pass with everything a figure needs (maps, boxes)."""
     was = model.training
     model.eval()
     try:
-        return model(images_hi, with_maps=True)
+        return model(images_hi, draws, with_maps=True)
     finally:
         model.train(was)
 
@@ -132,7 +132,7 @@ def explain_items(model, ds, indices, classes: list[str]) -> tuple[torch.Tensor,
     device = next(model.parameters()).device
     items = [ds[int(i)] for i in indices]
     images = torch.stack([it[0] for it in items])
-    out = explain(model, images.to(device))
+    out = explain(model, images.to(device), torch.stack([it[4] for it in items]).to(device))
     pred = out.probabilities()["combined"].argmax(1).cpu()
     titles = [f"true: {classes[it[1]]}\npredicted: {classes[int(p)]}" for it, p in zip(items, pred)]
     return images, out, titles

@@ -11,6 +11,7 @@ the number of processes either.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,25 @@ from .transforms import eval_view, train_view
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-NUM_DRAWS = 4  # per-sample uniforms the model's attention-guided augmentation decides with
+
+
+class Draw(enum.IntEnum):
+    """The columns of ``draws``: per-sample uniforms in [0, 1) each item carries for the model.
+
+    Seeded with the sample's augmentation, so every random choice the multistage model
+    makes for an image (erasing, attention cropping, a random fallback box) is the
+    same whatever the number of workers or processes.
+    """
+
+    ERASE_A = 0         # stage a (the full image) is attention-erased when < aug.erase_p
+    CROP_A = 1          # stage a is attention-cropped when < aug.crop_p
+    ERASE_B = 2         # stage b (the object crop) is attention-erased when < aug.erase_p
+    CROP_THRESHOLD = 3  # places the attention-crop threshold in aug.crop_threshold
+    FALLBACK_BOX = 4    # this and the next 3 columns: a random fallback object box (localize.random_boxes:
+                        # area, aspect ratio, left, top), used with multistage.fallback: random
+
+
+NUM_DRAWS = Draw.FALLBACK_BOX + 4
 
 
 class ManifestError(UserError, ValueError):
@@ -87,8 +106,8 @@ class ManifestDataset(Dataset):
     """Images of one split at ``size`` x ``size``, with label, index, box and per-sample draws.
 
     Items are ``(image [3, size, size], label, index, box_xyxy [4] in fractions of
-    the view (NaN if none or out of the view), draws [NUM_DRAWS] uniforms)``. The view
-    is ``transform``'s training view (``train=True``) or its evaluation view; see
+    the view (NaN if none or out of the view), draws [NUM_DRAWS] uniforms (columns: :class:`Draw`))``. The
+    view is ``transform``'s training view (``train=True``) or its evaluation view; see
     :mod:`vitfgvc.data.transforms`.
     """
 
@@ -139,7 +158,7 @@ class EpochBatches(torch.utils.data.Sampler):
 
     def __init__(self, n: int, batch: int, *, seed: int, rank: int = 0, world: int = 1, accum: int = 1):
         if batch % (world * accum):
-            raise ManifestError(f"train.batch_size ({batch}) must be divisible by train.accum_steps x train.nproc "
+            raise ManifestError(f"train.batch_size ({batch}) must be divisible by runtime.accum_steps x runtime.nproc "
                                 f"({accum} x {world})")
         if n < batch:
             raise ManifestError(f"the train split has {n} images, fewer than train.batch_size ({batch})")
