@@ -125,6 +125,10 @@ class TrainSection(Section):
     lr_frozen: PosFloat = 3.0e-3
     lr: PosFloat = 1.0e-3
     encoder_lr_div: PosFloat = 50.0
+    frozen_norms: Literal["final", "all"] = Field(
+        default="final", description="what trains besides the head in the frozen phase: the final norm, or every "
+        "norm layer of the encoder (fastai's train_bn as written; the original's reentrant checkpointing cut the "
+        "gradient to the block norms, so it trained the final norm only)")
     # optimiser and schedule (vitfgvc.optim): the original's fastai `ranger` + `fit_one_cycle` by default
     opt: str = Field(default="ranger", description="'ranger' (Lookahead over RAdam) or a timm optimiser name")
     betas: Annotated[list[UnitOpen], Field(min_length=2, max_length=2)] = [0.95, 0.99]

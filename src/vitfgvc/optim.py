@@ -92,9 +92,17 @@ def param_groups(net: nn.Module, train_cfg: TrainSection) -> list[dict]:
             for (part, decay), params in members.items() if params]
 
 
-def set_trainable(net: nn.Module, frozen: bool) -> None:
-    """Frozen: only the head, the final norm and every norm layer of the encoder train; else every parameter."""
-    keep = set(net.norm_param_names())
+def set_trainable(net: nn.Module, frozen: bool, frozen_norms: str = "final") -> None:
+    """Unfrozen: every parameter trains. Frozen: the head and the final norm, and with ``frozen_norms="all"``
+    every norm layer of the encoder too (fastai's ``train_bn``).
+
+    The original asked for ``train_bn`` but checkpointed every block with reentrant checkpointing, whose
+    output needs no gradient when its input needs none (a frozen patch embedding): the block norms got no
+    gradient and only the final norm and the head trained. ``"final"`` is that, ``"all"`` fastai as written.
+    """
+    keep = set(net.norm_param_names()) if frozen_norms == "all" else set()
+    if frozen_norms not in ("final", "all"):
+        raise ValueError(f"frozen_norms must be 'final' or 'all', got {frozen_norms!r}")
     for name, p in net.named_parameters():
         p.requires_grad_(not frozen or name in keep or _part(name) != "encoder")
 
@@ -230,7 +238,7 @@ def start_phase(net: nn.Module, optimizer: torch.optim.Optimizer, phase: PhaseLi
                 steps_per_epoch: int) -> OneCycleLR | PerStep:
     """Begin a phase as fastai's ``freeze_to`` / ``unfreeze`` + ``fit_one_cycle`` did: set what trains, clear the
     optimiser's state, and return the phase's schedule. (On resume: call it, then load the saved states.)"""
-    set_trainable(net, phase.frozen)
+    set_trainable(net, phase.frozen, train_cfg.frozen_norms)
     reset_state(optimizer)
     return phase_scheduler(optimizer, phase, train_cfg, steps_per_epoch)
 
