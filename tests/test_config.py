@@ -14,7 +14,7 @@ from .conftest import ROOT, set_dotted, subprocess_env
 
 PROFILES = ["params.yaml", "params-smoke.yaml", "params-cpu.yaml"]
 # Values whose inner keys are free per profile: overrides, sources and extra timm arguments.
-OPAQUE = ("datasets.{}.train", "datasets.{}.kaggle", "model.kwargs", "ablation.variants")
+OPAQUE = ("datasets.{}.train", "datasets.{}.transform", "datasets.{}.kaggle", "model.kwargs", "ablation.variants")
 
 
 def _keys(data: dict) -> set[str]:

@@ -164,36 +164,6 @@ def _partial(model: type[BaseModel], name: str) -> type[BaseModel]:
     return create_model(name, __base__=Section, **fields)
 
 
-TrainOverrides = _partial(TrainSection, "TrainOverrides")
-
-
-class DatasetConfig(Section):
-    path: str | None = Field(default=None, description="local folder with the original files or their extracted tree")
-    urls: list[UrlFile] = []
-    kaggle: KaggleSource | None = None
-    high_res: PosInt = Field(default=448, description="side of the square views (training and evaluation) and "
-                             "the most the shorter side of a stored image keeps; objects and parts are cut from it")
-    val_fraction: UnitOpen = 0.0
-    test_fraction: UnitOpen = 0.0
-    synth: SynthConfig = SynthConfig()
-    train: TrainOverrides = TrainOverrides()  # type: ignore[valid-type]
-
-
-DatasetsSection = create_model("DatasetsSection", __base__=Section,
-                               **{name: (DatasetConfig, ...) for name in DATASETS})
-
-
-# -------------------------------------------------------------------------- model
-class ModelSection(Section):
-    name: str = "vit_base_patch16_384.orig_in21k_ft_in1k"
-    pretrained: bool = True
-    weights: str | None = None
-    img_size: PosInt = 384
-    kwargs: dict[str, int | float | str | bool] = {}
-    # defaults of keys added later keep the behaviour a model directory written before them was trained with
-    final_norm: Literal["fresh", "pretrained"] = "pretrained"
-
-
 PosPair = Annotated[list[PosFloat], Field(min_length=2, max_length=2), AfterValidator(_ordered_pair)]
 
 
@@ -225,6 +195,40 @@ class TransformSection(Section):
                                            "the whole image squashed to size")
     eval_extra: NonNegFloat = Field(
         default=0.14, description="center_crop's margin: extra = ceil(size * eval_extra / 8) * 8 px")
+
+
+TrainOverrides = _partial(TrainSection, "TrainOverrides")
+TransformOverrides = _partial(TransformSection, "TransformOverrides")
+
+
+class DatasetConfig(Section):
+    path: str | None = Field(default=None, description="local folder with the original files or their extracted tree")
+    urls: list[UrlFile] = []
+    kaggle: KaggleSource | None = None
+    high_res: PosInt = Field(default=448, description="side of the square views (training and evaluation) and "
+                             "the most the shorter side of a stored image keeps; objects and parts are cut from it")
+    val_fraction: UnitOpen = 0.0
+    test_fraction: UnitOpen = 0.0
+    synth: SynthConfig = SynthConfig()
+    train: TrainOverrides = TrainOverrides()  # type: ignore[valid-type]
+    transform: TransformOverrides = TransformOverrides()  # type: ignore[valid-type]
+
+
+DatasetsSection = create_model("DatasetsSection", __base__=Section,
+                               **{name: (DatasetConfig, ...) for name in DATASETS})
+
+
+# -------------------------------------------------------------------------- model
+class ModelSection(Section):
+    name: str = "vit_base_patch16_384.orig_in21k_ft_in1k"
+    pretrained: bool = True
+    weights: str | None = None
+    img_size: PosInt = 384
+    kwargs: dict[str, int | float | str | bool] = {}
+    # defaults of keys added later keep the behaviour a model directory written before them was trained with
+    final_norm: Literal["fresh", "pretrained"] = "pretrained"
+
+
 
 
 class MultistageSection(Section):
@@ -387,7 +391,7 @@ class Params(Section):
             "seed": self.seed,
             "high_res": ds.high_res,
             "backbone": self.model.model_dump(),
-            "transform": self.transform.model_dump(),
+            "transform": self.transform.model_copy(update=ds.transform.model_dump(exclude_none=True)).model_dump(),
             "train": train.model_dump(),
             "multistage": self.multistage.model_dump(),
             "aug": self.aug.model_dump(),
