@@ -160,3 +160,41 @@ def test_stage_stops_before_any_work_on_bad_params(tmp_path):
     assert "aug.erase_p must be in [0, 1], got 1.5" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing written
+
+
+def test_the_paper_profile_is_the_originals_recipe():
+    """docs/method.md's fidelity table, value by value: params.yaml runs what the authors' notebooks ran
+    (or the documented, deliberate change)."""
+    from vitfgvc.training import phases
+
+    p = load_params(ROOT / "params.yaml")
+    assert (p.model.name, p.model.img_size, p.model.pretrained, p.model.final_norm) == (
+        "vit_base_patch16_384.orig_in21k_ft_in1k", 384, True, "fresh")
+    t = p.transform
+    assert (t.rrc_scale, t.rrc_ratio, t.hflip, t.affine_p, t.max_rotate, t.zoom, t.max_warp) == (
+        [0.75, 1.0], [3 / 4, 4 / 3], 0.5, 0.75, 10.0, [1.0, 1.1], 0.2)
+    assert (t.lighting_p, t.max_lighting, t.noise, t.eval_view, t.eval_extra) == (0.75, 0.2, 0.0, "center_crop", 0.14)
+    tr = p.train
+    assert (tr.opt, tr.betas, tr.eps, tr.weight_decay, tr.lookahead_k, tr.lookahead_alpha) == (
+        "ranger", [0.95, 0.99], 1.0e-6, 0.01, 6, 0.5)
+    assert (tr.sched, tr.warmup, tr.div, tr.div_final, tr.moms) == ("one_cycle", 0.5, 25.0, 1.0e5, [0.95, 0.85])
+    assert (tr.label_smoothing, tr.amp, tr.frozen_norms, tr.encoder_lr_div) == (0.1, True, "final", 50.0)
+    ms = p.multistage
+    assert (ms.attention, ms.head_fusion, ms.discard_ratio, ms.threshold, ms.map_size) == (
+        "rollout", "mean", 0.0, "mean", 448)
+    assert (ms.closing, ms.closing_footprint, ms.small_components, ms.min_area * 448 ** 2, ms.fallback) == (
+        3, "cross", "skip", pytest.approx(64 * 64), "full")
+    assert (ms.num_parts, ms.part_window, ms.part_iou, ms.part_pool, ms.part_grid) == (2, 1 / 3, 0.1, "avg", 128)
+    assert (ms.part_loss, ms.parts_from_erased, p.aug.erase_p, p.aug.erase_threshold, p.aug.crop_p) == (
+        "sum", False, 0.5, 0.7, 0.0)
+    recipe = {  # dataset: (batch, high_res, crop scale, encoder lr divisor, [(phase, epochs, lr)])
+        "dogs": (16, 448, [0.75, 1.0], 50.0, [("frozen", 2, 3e-3), ("unfrozen", 4, 1e-3)]),
+        "cub": (20, 448, [0.75, 1.0], 50.0, [("frozen", 2, 3e-3), ("unfrozen", 4, 1e-3), ("final", 4, 1e-4)]),
+        "cars": (16, 512, [0.7, 1.0], 100.0, [("frozen", 24, 1e-2), ("unfrozen", 32, 3.3e-3)]),
+        "plant": (16, 448, [0.75, 1.0], 50.0, [("frozen", 2, 3e-3), ("unfrozen", 6, 1e-3)]),
+    }
+    for dataset, (batch, high_res, scale, div, want) in recipe.items():
+        cfg = p.run_config(dataset, "multistage")
+        got = [(ph.name, ph.epochs, ph.lr) for ph in phases(cfg)]
+        assert (cfg.train.batch_size, cfg.high_res, cfg.transform.rrc_scale, cfg.train.encoder_lr_div, got) == (
+            batch, high_res, scale, div, want), dataset

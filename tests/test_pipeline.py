@@ -122,18 +122,45 @@ def test_an_edit_of_the_figure_code_retrains_nothing(smoke):
                              + expected["evaluate_ablations"] + expected["figures"])
 
 
-def test_exp_run_reruns_exactly_what_reads_the_key(smoke):
+def _status_after(project: Project, **dotted) -> list[str]:
+    """The stages ``dvc status`` finds changed once params.yaml has the ``dotted`` keys set (then put back)."""
+    from .conftest import set_dotted
+
+    path = project.root / "params.yaml"
+    original = path.read_text()
+    try:
+        path.write_text(yaml.safe_dump(set_dotted(yaml.safe_load(original), **dotted)))
+        return sorted(json.loads(project.dvc("status", "--json").stdout))
+    finally:
+        path.write_text(original)
+
+
+def test_a_key_invalidates_exactly_the_stages_that_read_it(smoke):
     project, _, _ = smoke
     expected = expected_stages("params-smoke.yaml")
+    assert yaml.safe_load((project.root / "params.yaml").read_text())["aug"]["erase_p"] != 0.5
+    assert _status_after(project, **{"aug.erase_p": 0.5}) == sorted(
+        expected["multistage"] + expected["ablations"] + expected["evaluate_multistage"]
+        + expected["evaluate_ablations"] + expected["figures"] + expected["tables"])
+    assert _status_after(project, **{"transform.max_rotate": 5.0}) == sorted(
+        expected["baseline"] + expected["multistage"] + expected["ablations"] + expected["evaluate_baseline"]
+        + expected["evaluate_multistage"] + expected["evaluate_ablations"] + expected["figures"] + expected["tables"])
+    assert _status_after(project, **{"datasets.cub.high_res": 48}) == sorted(
+        ["prepare@cub", "baseline@cub", "multistage@cub", "evaluate@cub-baseline", "evaluate@cub-multistage",
+         "figures@cub", "tables"])
+
+
+def test_exp_run_reruns_exactly_what_reads_the_key(smoke):
+    project, _, _ = smoke
     params = yaml.safe_load((project.root / "params.yaml").read_text())
-    assert params["aug"]["erase_p"] != 0.5
     start = time.perf_counter()
-    proc = project.dvc("exp", "run", "-S", "aug.erase_p=0.5")
+    proc = project.dvc("exp", "run", "-S", "datasets.cub.train.epochs=2")
     seconds = time.perf_counter() - start
-    ran = stages_run(proc.stdout + proc.stderr)
-    assert sorted(ran) == sorted(expected["multistage"] + expected["ablations"] + expected["evaluate_multistage"]
-                                 + expected["evaluate_ablations"] + expected["figures"] + expected["tables"])
-    print(f"\ndvc exp run -S aug.erase_p=0.5: {seconds:.0f} s for {len(ran)} stages")
+    assert sorted(stages_run(proc.stdout + proc.stderr)) == [
+        "baseline@cub", "evaluate@cub-baseline", "evaluate@cub-multistage", "figures@cub", "multistage@cub", "tables"]
+    print(f"\ndvc exp run -S datasets.cub.train.epochs=2: {seconds:.0f} s")
+    exps = project.dvc("exp", "show", "--csv", "--no-pager").stdout
+    assert "datasets.cub.train.epochs" in exps and "accuracy" in exps
 
     # an edited variant re-runs that variant (its training and evaluation) and the tables, nothing else
     assert params["ablation"]["variants"]["no_erase"] == {"aug": {"erase_p": 0.0}}

@@ -111,7 +111,7 @@ def test_unreadable_files_are_reported_and_the_rest_processed(trained, tmp_path)
 
 def test_a_baseline_directory_predicts_its_one_stage(workspace, tmp_path, torch_state, capsys):
     _, paths, _ = train_in_process(workspace, tmp_path, "digits", "baseline")
-    evaluation = pd.read_csv(paths.model_dir / "predictions.csv").head(3)
+    evaluation = pd.read_csv(tmp_path / "evaluation/digits/baseline/predictions.csv").head(3)
     images = [str(workspace / "data/prepared/digits" / p) for p in evaluation["image"]]
     capsys.readouterr()
     code = cli_main(["predict", str(paths.model_dir), *images, "--json", "--top-k", "10"])

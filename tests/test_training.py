@@ -128,7 +128,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(workspace, tmp
 
 def test_a_killed_run_resumes_and_ends_exactly_like_an_uninterrupted_one(workspace, tmp_path):
     data = yaml.safe_load((workspace / "params.yaml").read_text())
-    params = write_params(tmp_path / "cfg", data, **{"runtime.ckpt_every": 3, "train.epochs": 3})
+    # three phases (frozen, unfrozen, final): the kill lands after the first, the resume crosses into the last
+    params = write_params(tmp_path / "cfg", data, **{"runtime.ckpt_every": 3, "train.epochs": 2,
+                                                     "train.epochs_final": 1})
     for folder in ("whole", "killed"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "data").symlink_to(workspace / "data")

@@ -124,6 +124,8 @@ class TrainSection(Section):
     epochs: NonNegInt = 4
     lr_frozen: PosFloat = 3.0e-3
     lr: PosFloat = 1.0e-3
+    epochs_final: NonNegInt = Field(default=0, description="a third phase, all layers at lr_final (0 = none)")
+    lr_final: PosFloat = 1.0e-4
     encoder_lr_div: PosFloat = 50.0
     frozen_norms: Literal["final", "all"] = Field(
         default="final", description="what trains besides the head in the frozen phase: the final norm, or every "

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import confusion_matrix, roc_auc_score, top_k_accuracy_score
 
 from .config import RuntimeSection
 from .data.datasets import spec
@@ -49,14 +48,22 @@ def box_coverage(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     return _intersection(pred, true) / np.maximum(_area(true), 1e-12)
 
 
+def top_k_accuracy(labels: np.ndarray, scores: np.ndarray, k: int) -> float:
+    """Share of rows whose label is among the ``k`` highest scores (ties as scikit-learn's top_k_accuracy_score)."""
+    top = np.argsort(scores, axis=1, kind="mergesort")[:, ::-1][:, :k]
+    return float((top == labels[:, None]).any(1).mean())
+
+
 def metrics(pred: Predictions, classes: list[str], *, auc: bool = False) -> dict:
     """Scalar metrics of a split (percentages for accuracies), ready for a DVC metrics file."""
     y, n_classes = pred.labels, len(classes)
     out: dict[str, float | int | None] = {"images": int(len(y)), **pred.accuracies()}
     combined = pred.probs["combined"]
     if n_classes > 5:
-        out["top5"] = round(100 * float(top_k_accuracy_score(y, combined, k=5, labels=range(n_classes))), 4)
+        out["top5"] = round(100 * float(top_k_accuracy(y, combined, k=5)), 4)
     if auc:
+        from sklearn.metrics import roc_auc_score  # imported here: a second of start-up every evaluation would pay
+
         present = np.unique(y)
         onehot = np.eye(n_classes)[y][:, present]
         out["mean_auc"] = round(float(roc_auc_score(onehot, combined[:, present], average="macro")), 6) \
@@ -84,7 +91,8 @@ def per_class(pred: Predictions, classes: list[str]) -> pd.DataFrame:
 
 
 def confusion(pred: Predictions, classes: list[str]) -> pd.DataFrame:
-    cm = confusion_matrix(pred.labels, pred.probs["combined"].argmax(1), labels=range(len(classes)))
+    n = len(classes)
+    cm = np.bincount(pred.labels * n + pred.probs["combined"].argmax(1), minlength=n * n).reshape(n, n)
     return pd.DataFrame(cm, index=pd.Index(classes, name="true"), columns=classes)
 
 

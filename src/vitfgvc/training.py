@@ -73,7 +73,8 @@ class Phase:
 
 def phases(cfg: RunConfig) -> list[Phase]:
     t = cfg.train
-    all_phases = [Phase("frozen", t.epochs_frozen, t.lr_frozen, True), Phase("unfrozen", t.epochs, t.lr, False)]
+    all_phases = [Phase("frozen", t.epochs_frozen, t.lr_frozen, True), Phase("unfrozen", t.epochs, t.lr, False),
+                  Phase("final", t.epochs_final, t.lr_final, False)]
     return [p for p in all_phases if p.epochs > 0]
 
 
@@ -438,7 +439,8 @@ def equal_time_config(cfg: RunConfig, multistage: dict, baseline: dict) -> RunCo
     factor = multistage["train_seconds"] / baseline["train_seconds"]
     t = cfg.train
     train = t.model_copy(update={"epochs_frozen": round(t.epochs_frozen * factor),
-                                 "epochs": max(1, round(t.epochs * factor)) if t.epochs else 0})
+                                 "epochs": max(1, round(t.epochs * factor)) if t.epochs else 0,
+                                 "epochs_final": round(t.epochs_final * factor)})
     return cfg.model_copy(update={"variant": "equal_time", "train": train})
 
 
