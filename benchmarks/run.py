@@ -1,7 +1,8 @@
 """Every performance figure of the project, measured side by side in one process: ``reports/performance.md``.
 
-1. multistage / baseline train-step time at the same batch (goal <= 4.5x; stretch <= 4.0x
-   without erasing, when stage a's own pass gives the attention map);
+1. multistage / baseline train-step time at the same batch (goal <= 4.5x, also with the
+   augmented training views made in the step's process; stretch <= 4.0x without erasing,
+   when stage a's own pass gives the attention map);
 2. localisation (rollout + object box + part boxes) / one forward pass (goal <= 5 %);
 3. attention-capturing forward / timm's fused forward (goal <= 1.15x);
 4. prepare images/s / a bare PIL decode+resize+save loop (goal >= 0.8x);
@@ -109,6 +110,8 @@ def main() -> None:
     rows = [
         ("multistage / baseline train step (erasing on)", f"{step['ratio_erase_on']:.2f}x", "<= 4.5x",
          step["ratio_erase_on"] <= 4.5),
+        ("multistage / baseline train step, the batch's augmented views made in-process",
+         f"{step['ratio_erase_on_with_views']:.2f}x", "<= 4.5x", step["ratio_erase_on_with_views"] <= 4.5),
         ("multistage / baseline train step (erasing off: stage a gives the map)", f"{step['ratio_erase_off']:.2f}x",
          "<= 4.0x (stretch)", step["ratio_erase_off"] <= 4.0),
         ("localisation / forward pass", f"{100 * attention['ratio_localise']:.2f} %", "<= 5 %",

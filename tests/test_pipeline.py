@@ -136,18 +136,17 @@ def _status_after(project: Project, **dotted) -> list[str]:
 
 
 def test_a_key_invalidates_exactly_the_stages_that_read_it(smoke):
+    """`dvc status` lists the stages whose own inputs changed (what runs after them follows from their outputs,
+    as the exp run below shows)."""
     project, _, _ = smoke
     expected = expected_stages("params-smoke.yaml")
     assert yaml.safe_load((project.root / "params.yaml").read_text())["aug"]["erase_p"] != 0.5
-    assert _status_after(project, **{"aug.erase_p": 0.5}) == sorted(
-        expected["multistage"] + expected["ablations"] + expected["evaluate_multistage"]
-        + expected["evaluate_ablations"] + expected["figures"] + expected["tables"])
+    assert _status_after(project, **{"aug.erase_p": 0.5}) == sorted(expected["multistage"] + expected["ablations"])
     assert _status_after(project, **{"transform.max_rotate": 5.0}) == sorted(
-        expected["baseline"] + expected["multistage"] + expected["ablations"] + expected["evaluate_baseline"]
-        + expected["evaluate_multistage"] + expected["evaluate_ablations"] + expected["figures"] + expected["tables"])
-    assert _status_after(project, **{"datasets.cub.high_res": 48}) == sorted(
-        ["prepare@cub", "baseline@cub", "multistage@cub", "evaluate@cub-baseline", "evaluate@cub-multistage",
-         "figures@cub", "tables"])
+        expected["baseline"] + expected["multistage"] + expected["ablations"])
+    assert _status_after(project, **{"datasets.cub.high_res": 48}) == ["baseline@cub", "multistage@cub",
+                                                                       "prepare@cub"]
+    assert _status_after(project, **{"runtime.workers": 3, "runtime.mlflow_experiment": "other"}) == []
 
 
 def test_exp_run_reruns_exactly_what_reads_the_key(smoke):
