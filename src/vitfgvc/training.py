@@ -110,7 +110,6 @@ class TrainState:
     phase: int = 0                         # index into phases(cfg)
     epoch: int = 0                         # epochs completed over all phases
     step: int = 0                          # optimiser steps completed in the current epoch
-    updates: int = 0                       # optimiser steps completed in the current phase
     history: list[dict] = field(default_factory=list)
     epoch_sums: list[dict] | None = None   # per process: running sums of a partly done epoch
     mlflow_run_id: str | None = None
@@ -118,19 +117,18 @@ class TrainState:
     def start_phase(self, index: int, phase: Phase, cfg: RunConfig, steps_per_epoch: int) -> None:
         """What trains, a cleared optimiser state and the phase's schedule (fastai's freeze_to + fit_one_cycle)."""
         self.scheduler = start_phase(self.model.net, self.optimizer, phase, cfg.train, steps_per_epoch)
-        if index != self.phase:
-            self.phase, self.updates = index, 0
+        self.phase = index
 
     def state_dict(self) -> dict:
         return {"model": self.model.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": _rng_state(),
-                "phase": self.phase, "epoch": self.epoch, "step": self.step, "updates": self.updates,
+                "phase": self.phase, "epoch": self.epoch, "step": self.step,
                 "history": list(self.history), "epoch_sums": self.epoch_sums, "mlflow_run_id": self.mlflow_run_id}
 
     def load_state_dict(self, state: dict) -> None:
         """Counters and weights (before the phase starts); :meth:`load_phase_state` the rest."""
         self.model.net.load_state_dict(state["model"])
-        for key in ("phase", "epoch", "step", "updates", "history", "epoch_sums", "mlflow_run_id"):
+        for key in ("phase", "epoch", "step", "history", "epoch_sums", "mlflow_run_id"):
             setattr(self, key, state[key])
 
     def load_phase_state(self, state: dict) -> None:
@@ -294,7 +292,6 @@ def _optimizer_step(state: TrainState, cfg: RunConfig) -> None:
     scaler.step(opt)
     scaler.update()
     opt.zero_grad(set_to_none=True)
-    state.updates += 1
     state.scheduler.step()
 
 
