@@ -79,7 +79,8 @@ def sync(dest: Path, profile: Profile, env: dict[str, str], root: Path = ROOT) -
     dest.mkdir(parents=True, exist_ok=True)
     if not (dest / ".git").exists():
         git("init", "-q", "-b", "main")
-    wanted = project_files(root)
+    # the profile's own report folder is its pipeline's output there, never a copy of this project's
+    wanted = [f for f in project_files(root) if not (profile.reports and f.startswith(profile.reports + "/"))]
     for rel in set(project_files(dest)) - set(wanted) - {"params.yaml"}:
         (dest / rel).unlink()
     for rel in wanted:
