@@ -79,10 +79,12 @@ def sync(dest: Path, profile: Profile, env: dict[str, str], root: Path = ROOT) -
     dest.mkdir(parents=True, exist_ok=True)
     if not (dest / ".git").exists():
         git("init", "-q", "-b", "main")
-    # the profile's own report folder is its pipeline's output there, never a copy of this project's
-    wanted = [f for f in project_files(root) if not (profile.reports and f.startswith(profile.reports + "/"))]
+    # the profile's own report folder is its pipeline's output there: never copied over, never removed
+    own = (lambda f: f.startswith(profile.reports + "/")) if profile.reports else (lambda f: False)
+    wanted = [f for f in project_files(root) if not own(f)]
     for rel in set(project_files(dest)) - set(wanted) - {"params.yaml"}:
-        (dest / rel).unlink()
+        if not own(rel):
+            (dest / rel).unlink()
     for rel in wanted:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
