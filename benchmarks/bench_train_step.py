@@ -38,6 +38,7 @@ def _config(model: str, erase_p: float, name: str, img_size: int, high_res: int,
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
     data["model"].update(name=name, pretrained=False, img_size=img_size, kwargs=kwargs)
     data["aug"]["erase_p"] = erase_p
+    data["ablation"]["variants"] = {}  # erase_p 0 would make the no_erase variant a duplicate, which params refuse
     data["datasets"]["cub"]["high_res"] = high_res
     return Params.model_validate(data).run_config("cub", model)
 
