@@ -11,6 +11,7 @@ A plain `git clone` of the repository is a DVC project with the paper's DAG.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -234,6 +235,9 @@ def test_a_fresh_clone_is_a_dvc_project_with_the_paper_dag(tmp_path):
     assert len([s for s in stages if s.startswith(("baseline@", "multistage@"))]) == 8
     assert len([s for s in stages if s.startswith("ablate@dogs-")]) == 9
     assert len([s for s in stages if s.startswith("evaluate")]) == 8 + 9
+    dry = project.dvc("repro", "--dry", "--force").stdout  # --force: see the README on plain --dry
+    assert sorted(re.findall(r"^Running stage '([^']+)'", dry, re.M)) == stages
+    assert not (project.root / "dvc.lock").exists()
     dag = project.dvc("dag", "--md").stdout
     assert "download@cub" in dag and "tables" in dag
     assert project.dvc("exp", "show", "--no-pager", "--csv").returncode == 0
