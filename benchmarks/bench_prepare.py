@@ -4,8 +4,9 @@ Builds a CUB-200-2011-shaped tree of ``--images`` photo-like 500x375 JPEGs (CUB'
 typical size), then measures, in the same run and over ``--repeats`` repeats:
 
 - ``prepare("cub", ...)`` with ``runtime.prepare_workers`` processes (parse, decode, convert,
-  resize to the 448 px high-res size, save, manifest, splits);
-- a bare single-process loop: ``Image.open -> convert("RGB") -> resize -> save``.
+  store at ``target_size`` for the 448 px high-res size: the shorter side at most 448, never
+  upscaled, so a 500x375 photo keeps its size; save, manifest, splits);
+- a bare single-process loop: ``Image.open -> convert("RGB") -> resize to target_size -> save``.
 
     python benchmarks/bench_prepare.py --images 400 --workers 2
 """
@@ -92,7 +93,8 @@ def markdown(r: dict) -> str:
         return f"| {name} | {statistics.median(values):.0f} | {min(values):.0f} | {max(values):.0f} |"
 
     return "\n".join([
-        f"{r['images']} JPEGs of 500x375 px -> longer side 448, runtime.prepare_workers = {r['workers']}",
+        f"{r['images']} JPEGs of 500x375 px -> stored at {'x'.join(map(str, target_size(500, 375, 448)))} (shorter "
+        f"side at most 448, never upscaled), runtime.prepare_workers = {r['workers']}",
         "",
         "| images/s | median | min | max |",
         "| --- | --- | --- | --- |",

@@ -8,8 +8,9 @@ included, nothing initialised by hand), committed to a fresh git repository so t
 ``dvc exp run`` works there too. It is kept, so running the same command again only
 re-runs what changed, and a killed run resumes.
 
-    python benchmarks/profiles.py smoke    # CI's pipeline: miniature archives, a tiny ViT (about 10 min on 2 cores)
-    python benchmarks/profiles.py cpu      # the CPU benchmark on cluttered digits (about 25 min on 2 cores)
+    python benchmarks/profiles.py smoke      # CI's pipeline: miniature archives, a tiny ViT (about 10 min on 2 cores)
+    python benchmarks/profiles.py cpu        # the CPU benchmark on cluttered digits (about 25 min on 2 cores)
+    python benchmarks/profiles.py rehearsal  # the paper's DAG at full size, a step per phase: reports/rehearsal.md
 
 The test suite's pipeline tests build their copies with :func:`sync`, as this command does.
 (Not ``profile.py``: with this folder first on ``sys.path``, that name would shadow the standard
@@ -34,16 +35,30 @@ ROOT = Path(__file__).resolve().parents[1]
 class Profile:
     params: str                 # the params file that becomes the copy's params.yaml
     about: str
-    fixtures: bool = False      # write the miniature original archives into the copy's data/fixtures
+    fixtures: tuple[str, ...] | None = None  # write the original archives into the copy's data/fixtures, with
+                                             # these arguments of ``python -m tests.fixtures``
     reports: str | None = None  # a folder the pipeline writes, copied back into this project when done
 
 
 PROFILES = {
     "smoke": Profile("params-smoke.yaml", "every stage on miniature archives in the original formats (CI)",
-                     fixtures=True),
+                     fixtures=()),
     "cpu": Profile("params-cpu.yaml", "the method on cluttered digits, a small ViT from scratch",
                    reports="reports/cpu"),
+    "rehearsal": Profile("params.yaml", "the paper's DAG at full size on archives at the real image sizes, a few "
+                         "steps per phase (benchmarks/rehearsal.py)", fixtures=("--realistic",)),
 }
+
+
+def stage_order(params: dict) -> list[str]:
+    """Every stage of a params profile in an order that respects the DAG."""
+    datasets, equal_time = params["pipeline"]["datasets"], params["pipeline"]["equal_time"]
+    ablations = [f"{d}-{v}" for d in params["ablation"]["datasets"] for v in params["ablation"]["variants"]]
+    return [*(f"{s}@{d}" for s in ("download", "prepare", "baseline", "multistage") for d in datasets),
+            *(f"evaluate@{d}-{m}" for d in datasets for m in ("baseline", "multistage")),
+            *(f"{s}@{d}" for s in ("baseline_equal_time", "evaluate_equal_time") for d in equal_time),
+            *(f"{s}@{a}" for s in ("ablate", "evaluate_ablation") for a in ablations),
+            *(f"figures@{d}" for d in datasets), "tables"]
 
 
 def project_files(root: Path) -> list[str]:
@@ -67,8 +82,10 @@ def environment(**extra: str) -> dict[str, str]:
     return env
 
 
-def sync(dest: Path, profile: Profile, env: dict[str, str], root: Path = ROOT) -> None:
-    """Create or refresh the copy in ``dest``: the project's files, ``profile.params`` as params.yaml, committed.
+def sync(dest: Path, profile: Profile, env: dict[str, str], root: Path = ROOT, *, params: dict | None = None,
+         fixture_args: tuple[str, ...] = ()) -> None:
+    """Create or refresh the copy in ``dest``: the project's files, ``profile.params`` (or ``params``, a derived
+    profile) as params.yaml, committed.
 
     Files the project no longer has are removed from the copy; outputs the copy's own
     pipeline wrote (git-ignored there) stay, so DVC decides what to re-run.
@@ -89,10 +106,17 @@ def sync(dest: Path, profile: Profile, env: dict[str, str], root: Path = ROOT) -
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / rel, target)
-    shutil.copy2(root / profile.params, dest / "params.yaml")
-    if profile.fixtures:
-        subprocess.run([sys.executable, "-m", "tests.fixtures", str(dest / "data/fixtures")], cwd=root, env=env,
-                       check=True, capture_output=True)
+    if params is None:
+        shutil.copy2(root / profile.params, dest / "params.yaml")
+    else:
+        import yaml
+
+        text = f"# {profile.params}, derived by benchmarks/profiles.py\n" + yaml.safe_dump(params, sort_keys=False)
+        if not (dest / "params.yaml").exists() or (dest / "params.yaml").read_text() != text:
+            (dest / "params.yaml").write_text(text)
+    if profile.fixtures is not None:
+        subprocess.run([sys.executable, "-m", "tests.fixtures", str(dest / "data/fixtures"), *profile.fixtures,
+                        *fixture_args], cwd=root, env=env, check=True, capture_output=True)
     git("add", "-A")
     git("commit", "-qm", f"project with {profile.params} as params.yaml", check=False)  # nothing new: no commit
 
@@ -103,6 +127,12 @@ def main() -> None:
                     help="; ".join(f"{k}: {p.params}, {p.about}" for k, p in PROFILES.items()))
     ap.add_argument("--dir", help="where the copy lives (default .profiles/<profile>, git-ignored)")
     ap.add_argument("--fresh", action="store_true", help="delete the copy first and run everything from scratch")
+    rehearsal = ap.add_argument_group("rehearsal")
+    rehearsal.add_argument("--steps", type=int, default=1, help="optimiser steps per phase (runtime.limit_steps)")
+    rehearsal.add_argument("--eval-images", type=int, default=2, help="test images per evaluation (runtime.limit_eval)")
+    rehearsal.add_argument("--micro-batch", type=int, default=None,
+                           help="images per optimiser step (default: 1 on a CPU; the paper's batches on a GPU)")
+    rehearsal.add_argument("--workers", type=int, default=None, help="runtime.workers (default: 1 on a CPU, else 8)")
     args = ap.parse_args()
     profile = PROFILES[args.profile]
     dest = Path(args.dir).resolve() if args.dir else ROOT / ".profiles" / args.profile
@@ -110,6 +140,9 @@ def main() -> None:
         shutil.rmtree(dest, ignore_errors=True)
     env = environment()
     env.pop("MLFLOW_TRACKING_URI", None)  # the copy logs into its own store
+    if args.profile == "rehearsal":
+        run_rehearsal(dest, profile, env, args)
+        return
     sync(dest, profile, env)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=dest, env=env)
@@ -122,6 +155,49 @@ def main() -> None:
         shutil.rmtree(ROOT / profile.reports, ignore_errors=True)
         shutil.copytree(dest / profile.reports, ROOT / profile.reports)
         print(f"{args.profile}: {profile.reports}/ copied into {ROOT}")
+
+
+def run_rehearsal(dest: Path, profile: Profile, env: dict[str, str], args) -> None:
+    """The paper's DAG stage by stage (each timed) in the copy, then reports/rehearsal[-gpu].md."""
+    import json
+
+    import torch
+    import yaml
+
+    if str(ROOT) not in sys.path:  # run as a script: this folder is on sys.path, the project root is not
+        sys.path.insert(0, str(ROOT))
+    from benchmarks import rehearsal
+
+    gpu = torch.cuda.is_available()
+    micro = args.micro_batch if args.micro_batch is not None else (None if gpu else 1)
+    workers = args.workers if args.workers is not None else (8 if gpu else 1)
+    base = yaml.safe_load((ROOT / profile.params).read_text())
+    derived = rehearsal.derive_params(base, steps=args.steps, eval_images=args.eval_images, micro_batch=micro,
+                                      workers=workers)
+    # enough training images for one optimiser batch of the largest dataset batch
+    batches = [derived["datasets"][d]["train"].get("batch_size", derived["train"]["batch_size"])
+               for d in derived["pipeline"]["datasets"]]
+    sync(dest, profile, env, params=derived, fixture_args=("--per-class", str(max(4, 2 * max(batches) // 3 + 2))))
+    timings_path = dest / "stage_seconds.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    for stage in stage_order(derived):
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "-s", stage], cwd=dest, env=env,
+                              capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        if proc.returncode != 0:
+            sys.exit(f"rehearsal: stage {stage} failed in {dest} (exit {proc.returncode}):\n{proc.stdout[-3000:]}"
+                     f"{proc.stderr[-3000:]}\nRun the same command again to resume from it.")
+        if "Running stage" in proc.stdout or stage not in timings:
+            timings[stage] = round(seconds, 2)
+        print(f"rehearsal: {stage} {timings[stage]:.1f} s", flush=True)
+        timings_path.write_text(json.dumps(timings, indent=1))
+    name = "reports/rehearsal-gpu.md" if gpu else "reports/rehearsal.md"
+    text = rehearsal.report(dest, base, derived, timings, command=" ".join(["python benchmarks/profiles.py",
+                                                                           *sys.argv[1:]]))
+    (ROOT / name).write_text(text)
+    print(text)
+    print(f"rehearsal: {name} written ({sum(timings.values()) / 60:.1f} min of stages)")
 
 
 if __name__ == "__main__":

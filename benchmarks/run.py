@@ -33,25 +33,13 @@ import bench_train_step  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def pipeline_order(profile: Path) -> list[str]:
-    """The smoke pipeline's stages in an order that respects the DAG."""
-    import yaml
-
-    p = yaml.safe_load(profile.read_text())
-    datasets, equal_time = p["pipeline"]["datasets"], p["pipeline"]["equal_time"]
-    ablations = [f"{d}-{v}" for d in p["ablation"]["datasets"] for v in p["ablation"]["variants"]]
-    return [*(f"{s}@{d}" for s in ("download", "prepare", "baseline", "multistage") for d in datasets),
-            *(f"evaluate@{d}-{m}" for d in datasets for m in ("baseline", "multistage")),
-            *(f"{s}@{d}" for s in ("baseline_equal_time", "evaluate_equal_time") for d in equal_time),
-            *(f"{s}@{a}" for s in ("ablate", "evaluate_ablation") for a in ablations),
-            *(f"figures@{d}" for d in datasets), "tables"]
-
-
 def noop_repro(repeats: int) -> dict:
     """Run the smoke pipeline stage by stage (timing each), then time no-op ``dvc repro`` runs."""
     import subprocess
 
-    from benchmarks.profiles import PROFILES, environment, sync
+    import yaml
+
+    from benchmarks.profiles import PROFILES, environment, stage_order, sync
 
     with tempfile.TemporaryDirectory() as tmp:
         dest = Path(tmp) / "repo"
@@ -59,7 +47,7 @@ def noop_repro(repeats: int) -> dict:
         env.pop("MLFLOW_TRACKING_URI", None)
         sync(dest, PROFILES["smoke"], env)
         stages = {}
-        for stage in pipeline_order(ROOT / "params-smoke.yaml"):
+        for stage in stage_order(yaml.safe_load((ROOT / "params-smoke.yaml").read_text())):
             start = time.perf_counter()
             subprocess.run([sys.executable, "-m", "dvc", "repro", "-s", stage], cwd=dest, env=env, check=True,
                            capture_output=True)

@@ -291,6 +291,10 @@ class RuntimeSection(Section):
     prepare_workers: PosInt = 2
     mlflow_experiment: str = "vitfgvc"
     download: DownloadSection = DownloadSection()
+    # A rehearsal (benchmarks/profiles.py rehearsal), never a result: each training phase stops after this many
+    # optimiser steps, and evaluation after this many test images (0 = off). The outputs say they were limited.
+    limit_steps: NonNegInt = 0
+    limit_eval: NonNegInt = 0
 
 
 # ------------------------------------------------------------------ experiments

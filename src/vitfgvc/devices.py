@@ -66,3 +66,13 @@ def autocast_for(device: torch.device, enabled: bool):
 def make_loader(ds, *, workers: int, device: torch.device, **batching) -> DataLoader:
     return DataLoader(ds, num_workers=workers, pin_memory=device.type == "cuda",
                       prefetch_factor=4 if workers else None, **batching)
+
+
+def peak_memory_mib(device: torch.device) -> tuple[float, str]:
+    """The run's peak memory so far and what it counts: CUDA memory allocated by torch on a GPU, else the
+    process's peak resident set (weights, optimiser state, activations, allocator slack; not loader workers)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max_memory_allocated"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"  # KiB on Linux

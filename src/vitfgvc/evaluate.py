@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch
 from .config import RuntimeSection
 from .data.datasets import spec
 from .data.loader import Manifest, ManifestDataset
-from .devices import autocast_for, device_for, make_loader
+from .devices import autocast_for, device_for, make_loader, peak_memory_mib
 from .inference import TRAINING_SUMMARY, load_model_dir
 from .io import write_json
 from .predictions import Predictions, predict
@@ -131,8 +132,12 @@ def evaluate_model(model_dir: Path, data: Path, out_dir: Path, metrics_path: Pat
     cfg, classes = loaded.cfg, loaded.classes
     training = json.loads((Path(model_dir) / TRAINING_SUMMARY).read_text())
     test_ds = ManifestDataset(Manifest.read(data), "test", loaded.input_size, train=False, transform=cfg.transform)
-    loader = make_loader(test_ds, batch_size=runtime.eval_batch_size, workers=runtime.workers, device=device)
+    images = test_ds if not runtime.limit_eval else \
+        torch.utils.data.Subset(test_ds, range(min(runtime.limit_eval, len(test_ds))))  # a rehearsal
+    loader = make_loader(images, batch_size=runtime.eval_batch_size, workers=runtime.workers, device=device)
+    start = time.perf_counter()
     test = predict(loaded.model, loader, device, autocast_for(device, cfg.train.amp))
+    seconds = time.perf_counter() - start
 
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -142,14 +147,20 @@ def evaluate_model(model_dir: Path, data: Path, out_dir: Path, metrics_path: Pat
     cm = confusion(test, classes)
     cm.to_csv(tmp / "confusion.csv")
     viz.confusion_figure(cm, title=cfg.run_name).savefig(tmp / "confusion.png", dpi=100)
-    viz.sample_figure(loaded.model, test_ds, classes, n=4).savefig(tmp / "attention.png", dpi=100)
+    viz.sample_figure(loaded.model, test_ds, classes, n=min(4, len(images))).savefig(tmp / "attention.png", dpi=100)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
 
     result = {"dataset": cfg.dataset, "model": cfg.model, "variant": cfg.variant, "backbone": cfg.backbone.name,
               **metrics(test, classes, auc=spec(cfg.dataset).auc),
               **{k: training[k] for k in ("epochs", "train_seconds", "seconds_per_epoch", "train_images_per_s",
-                                          "final_train_loss", "hardware")}}
+                                          "final_train_loss", "hardware")},
+              "eval_seconds": round(seconds, 3), "eval_images_per_s": round(len(test.labels) / max(seconds, 1e-9), 2),
+              "eval_peak_memory_mib": round(peak_memory_mib(device)[0], 1)}
+    limits = {k: v for k, v in (("limit_steps", training.get("limit_steps")),
+                                ("limit_eval", runtime.limit_eval or None)) if v}
+    if limits:  # a rehearsal's numbers: never a result
+        result["rehearsal"] = limits
     write_json(metrics_path, result)
     if tracker_factory is not None:
         _log_evaluation(tracker_factory(), cfg, training, result, data, out_dir, stage)

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from .config import RunConfig, RuntimeSection
 from .data.loader import EpochBatches, Manifest, ManifestDataset
-from .devices import Dist, autocast_for, device_for, make_loader
+from .devices import Dist, autocast_for, device_for, make_loader, peak_memory_mib
 from .errors import UserError
 from .inference import CLASSES, CONFIG, TRAINING_SUMMARY, WEIGHTS
 from .io import atomic_write_bytes, write_json, write_text
@@ -71,18 +71,22 @@ class Phase:
     frozen: bool
 
 
-def phases(cfg: RunConfig) -> list[Phase]:
+def phases(cfg: RunConfig, *, limited: bool = False) -> list[Phase]:
+    """The run's phases; ``limited`` (a rehearsal, ``runtime.limit_steps``): one epoch each."""
     t = cfg.train
     all_phases = [Phase("frozen", t.epochs_frozen, t.lr_frozen, True), Phase("unfrozen", t.epochs, t.lr, False),
                   Phase("final", t.epochs_final, t.lr_final, False)]
-    return [p for p in all_phases if p.epochs > 0]
+    return [Phase(p.name, 1 if limited else p.epochs, p.lr, p.frozen) for p in all_phases if p.epochs > 0]
 
 
 # ------------------------------------------------------------------ the state and its checkpoint
-def config_hash(cfg: RunConfig, manifest: Path) -> str:
-    """What a checkpoint must have been written for: the resolved config (no runtime key) and the data."""
+def config_hash(cfg: RunConfig, manifest: Path, limit_steps: int = 0) -> str:
+    """What a checkpoint must have been written for: the resolved config (no runtime key but a rehearsal's
+    step limit) and the data."""
     h = hashlib.sha256(cfg.to_yaml().encode())
     h.update(manifest.read_bytes())
+    if limit_steps:
+        h.update(f"limit_steps={limit_steps}".encode())
     return h.hexdigest()[:16]
 
 
@@ -212,10 +216,14 @@ def train_one_epoch(state: TrainState, ctx: Context, ds: ManifestDataset, sample
     bar = tqdm(total=sampler.steps, initial=state.step, desc=f"{ctx.stage} epoch {state.epoch + 1} ({phase.name})",
                unit="step", disable=not (ctx.progress and d.main), leave=True)
     micro = iter(loader)
+    images = None
+    waited = optimizing = 0.0  # seconds blocked on the loader, and in optimiser steps (this process, this sitting)
     try:
         while state.step < sampler.steps:
             for a in range(rt.accum_steps):
+                t0 = time.perf_counter()
                 images, labels, _idx, _boxes, draws = next(micro)
+                waited += time.perf_counter() - t0
                 images, labels, draws = (x.to(device, non_blocking=True) for x in (images, labels, draws))
                 last = a == rt.accum_steps - 1
                 no_sync = wrapped.no_sync if (d.world > 1 and not last) else contextlib.nullcontext
@@ -235,7 +243,9 @@ def train_one_epoch(state: TrainState, ctx: Context, ds: ManifestDataset, sample
                 sums["correct"] += float((out.probabilities()["combined"].argmax(1) == labels).sum())
                 for k, v in parts.items():
                     stage_losses[k] = stage_losses.get(k, 0.0) + float(v) * n
+            t0 = time.perf_counter()
             _optimizer_step(state, cfg)
+            optimizing += time.perf_counter() - t0
             state.step += 1
             elapsed = time.perf_counter() - start
             bar.update()
@@ -247,6 +257,13 @@ def train_one_epoch(state: TrainState, ctx: Context, ds: ManifestDataset, sample
                 if d.main:
                     ctx.ckpt.save(state)
                 d.barrier()
+    except torch.OutOfMemoryError as exc:
+        raise OutOfMemory(f"{ctx.stage}: out of memory at {_where(state, ctx, phase, images)}: {exc}. Try a larger "
+                          f"runtime.accum_steps (smaller micro-batches, same optimiser batch) or "
+                          f"runtime.grad_checkpointing: true; the last checkpoint is kept in {ctx.ckpt.path}") from exc
+    except Exception as exc:
+        exc.add_note(f"{ctx.stage}: raised at {_where(state, ctx, phase, images)}")
+        raise
     finally:
         bar.close()
     seconds = time.perf_counter() - start
@@ -262,7 +279,24 @@ def train_one_epoch(state: TrainState, ctx: Context, ds: ManifestDataset, sample
     return {"epoch": state.epoch + 1, "phase": phase.name, "lr": lrs["head"], "lr_encoder": lrs.get("encoder"),
             "train_loss": round(sums["loss"] / images, 6), "train_acc": round(100 * sums["correct"] / images, 4),
             **{f"train_loss_{k}": round(v / images, 6) for k, v in sorted(stage_losses.items())},
-            "seconds": round(seconds, 3), "images_per_s": round(sums["images"] / max(seconds, 1e-9), 2)}
+            "steps": sampler.steps, "seconds": round(seconds, 3),
+            "seconds_per_step": round(seconds / max(sampler.steps, 1), 4),
+            "data_seconds": round(waited, 3), "optimizer_seconds": round(optimizing, 3),
+            "images_per_s": round(sums["images"] / max(seconds, 1e-9), 2),
+            "peak_memory_mib": round(peak_memory_mib(device)[0], 1)}
+
+
+class OutOfMemory(UserError, RuntimeError):
+    """A training step ran out of memory; the message names the stage, the step and the micro-batch."""
+
+
+def _where(state: TrainState, ctx: Context, phase: Phase, images: torch.Tensor | None) -> str:
+    """Where a training step failed: epoch, phase, step, and the micro-batch with its image size."""
+    cfg, rt = ctx.cfg, ctx.runtime
+    micro = cfg.train.batch_size // (rt.accum_steps * ctx.dist.world)
+    shape = f"{images.shape[-1]}x{images.shape[-2]} px" if images is not None else f"{cfg.high_res} px"
+    return (f"epoch {state.epoch + 1} ({phase.name}), step {state.step + 1}, micro-batch of {micro} images of "
+            f"{shape} (train.batch_size {cfg.train.batch_size}, model input {cfg.backbone.img_size} px)")
 
 
 def _carry(epoch_sums: list[dict] | None, d: Dist) -> dict | None:
@@ -330,14 +364,15 @@ def train(cfg: RunConfig, runtime: RuntimeSection, paths: RunPaths, *, stage: st
     val_ds = ManifestDataset(manifest, "val", size, train=False, transform=cfg.transform) \
         if (manifest.table["split"] == "val").any() else None
     sampler = EpochBatches(len(train_ds), cfg.train.batch_size, seed=cfg.seed, rank=d.rank, world=d.world,
-                           accum=runtime.accum_steps)
+                           accum=runtime.accum_steps, limit=runtime.limit_steps)
 
     torch.manual_seed(cfg.seed)  # the head's initialisation does not depend on what ran before
     model = build(cfg, len(manifest.classes), grad_checkpointing=runtime.grad_checkpointing).to(device)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.train.amp
                                   and not torch.cuda.is_bf16_supported())
     ctx = Context(cfg, runtime, paths, stage, d, device,
-                  Checkpoints(paths.checkpoints, config_hash(cfg, paths.data / "manifest.csv")), progress=progress)
+                  Checkpoints(paths.checkpoints, config_hash(cfg, paths.data / "manifest.csv", runtime.limit_steps)),
+                  progress=progress)
     state = TrainState(model, scaler, build_optimizer(model.net, cfg.train))
     resumed = ctx.ckpt.load()
     if resumed is not None:
@@ -371,7 +406,7 @@ def _run_phases(state: TrainState, ctx: Context, train_ds, sampler: EpochBatches
                 resumed: dict | None) -> None:
     """Every phase from where ``state`` stands (``resumed``: the checkpoint it was loaded from)."""
     first_epoch = 0
-    for index, phase in enumerate(phases(ctx.cfg)):
+    for index, phase in enumerate(phases(ctx.cfg, limited=bool(ctx.runtime.limit_steps))):
         last_epoch = first_epoch + phase.epochs
         if state.epoch >= last_epoch:  # a phase a resumed run has finished
             first_epoch = last_epoch
@@ -411,6 +446,12 @@ def _write_outputs(state: TrainState, ctx: Context, classes: list[str]) -> dict:
                "train_images_per_s": round(float(np.mean([r["images_per_s"] for r in history])), 2)
                if history else None,
                "final_train_loss": history[-1]["train_loss"] if history else None,
+               "batch_size": cfg.train.batch_size,
+               "micro_batch": cfg.train.batch_size // (ctx.runtime.accum_steps * ctx.dist.world),
+               "processes": ctx.dist.world, "grad_checkpointing": ctx.runtime.grad_checkpointing,
+               "parameters": sum(p.numel() for p in state.model.net.parameters()),
+               "peak_memory_mib": round(peak_memory_mib(ctx.device)[0], 1), "memory": peak_memory_mib(ctx.device)[1],
+               "limit_steps": ctx.runtime.limit_steps or None,
                "hardware": hardware(), "mlflow_run_id": state.mlflow_run_id}
     tmp = paths.model_dir.with_name(f".{paths.model_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

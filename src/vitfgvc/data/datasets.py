@@ -54,6 +54,8 @@ class DatasetSpec:
     synthetic: bool = False
     auc: bool = False       # also report the mean column-wise ROC AUC (the competition's metric)
     notes: tuple[str, ...] = field(default=())
+    images: int = 0         # labelled images of the real dataset (what a rehearsal extrapolates to)
+    test_images: int = 0    # of which the official test split (0: split by the profile's test_fraction)
 
 
 # ----------------------------------------------------------------------- helpers
@@ -244,19 +246,21 @@ def parse_plant(root: Path) -> Parsed:
 SPECS: dict[str, DatasetSpec] = {
     "cub": DatasetSpec(
         "cub", "CUB-200-2011", (("CUB_200_2011.tgz",),), True, parse_cub,
-        "https://www.vision.caltech.edu/datasets/cub_200_2011/"),
+        "https://www.vision.caltech.edu/datasets/cub_200_2011/", images=11788, test_images=5794),
     "dogs": DatasetSpec(
         "dogs", "Stanford Dogs", (("images.tar", "annotation.tar", "lists.tar"),), True, parse_dogs,
         "http://vision.stanford.edu/aditya86/ImageNetDogs/",
-        notes=("Drawn from ImageNet-1k train: ImageNet-pretrained weights have seen its test images.",)),
+        notes=("Drawn from ImageNet-1k train: ImageNet-pretrained weights have seen its test images.",),
+        images=20580, test_images=8580),
     "cars": DatasetSpec(
         "cars", "Stanford Cars",
         (("cars_train.tgz", "cars_test.tgz", "car_devkit.tgz", "cars_test_annos_withlabels.mat"),
          ("car_ims.tgz", "cars_annos.mat")), True, parse_cars,
-        "https://ai.stanford.edu/~jkrause/cars/car_dataset.html (dead; mirrors on Kaggle)"),
+        "https://ai.stanford.edu/~jkrause/cars/car_dataset.html (dead; mirrors on Kaggle)", images=16185,
+        test_images=8041),
     "plant": DatasetSpec(
         "plant", "Plant Pathology 2020", (("plant-pathology-2020-fgvc7.zip",),), False, parse_plant,
-        "https://www.kaggle.com/competitions/plant-pathology-2020-fgvc7 (FGVC7)", auc=True),
+        "https://www.kaggle.com/competitions/plant-pathology-2020-fgvc7 (FGVC7)", auc=True, images=1821),
     "digits": DatasetSpec(
         "digits", "Cluttered digits", (("digits.csv.gz",),), True, None,
         "https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset (scikit-learn's handwritten "

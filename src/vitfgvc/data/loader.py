@@ -156,18 +156,20 @@ class EpochBatches(torch.utils.data.Sampler):
     ``rank`` takes ``global[rank::world]`` and yields it as ``accum`` micro-batches.
     """
 
-    def __init__(self, n: int, batch: int, *, seed: int, rank: int = 0, world: int = 1, accum: int = 1):
+    def __init__(self, n: int, batch: int, *, seed: int, rank: int = 0, world: int = 1, accum: int = 1,
+                 limit: int = 0):
         if batch % (world * accum):
             raise ManifestError(f"train.batch_size ({batch}) must be divisible by runtime.accum_steps x runtime.nproc "
                                 f"({accum} x {world})")
         if n < batch:
             raise ManifestError(f"the train split has {n} images, fewer than train.batch_size ({batch})")
         self.n, self.batch, self.seed, self.rank, self.world, self.accum = n, batch, seed, rank, world, accum
+        self.limit = limit  # > 0: an epoch stops after this many steps (a rehearsal)
         self.epoch, self.start_step = 0, 0
 
     @property
     def steps(self) -> int:
-        return self.n // self.batch
+        return min(self.n // self.batch, self.limit) if self.limit else self.n // self.batch
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         self.epoch, self.start_step = epoch, start_step
