@@ -163,8 +163,8 @@ def device_name() -> str:
     return f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
-def _fmt_hours(h: float) -> str:
-    return f"{h:.2f} h" if h >= 0.1 else f"{h * 60:.1f} min"
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def report(project: Path, base: dict, derived: dict, stage_seconds: dict[str, float], *, command: str) -> str:
@@ -185,9 +185,9 @@ def report(project: Path, base: dict, derived: dict, stage_seconds: dict[str, fl
         f"Measured on: **{device_name()}**.  ",
         f"Command: `{command}` ({sum(stage_seconds.values()) / 60:.1f} min for {len(stage_seconds)} stages).", "",
         "The paper's DAG ran unchanged (ViT-B/16 at 384 px, random weights) on archives in the datasets' original "
-        f"formats at their real image sizes, {rt['limit_steps']} optimiser step(s) per phase and "
-        f"{rt['limit_eval']} test images per evaluation"
-        + (f", each optimiser batch cut to {derived['train']['batch_size']} images (the figures below are scaled "
+        f"formats at their real image sizes, {_n(rt['limit_steps'], 'optimiser step')} per phase and "
+        f"{_n(rt['limit_eval'], 'test image')} per evaluation"
+        + (f", each optimiser batch cut to {_n(derived['train']['batch_size'], 'image')} (the figures below are scaled "
            "to the paper's batches: the optimiser's update per step, the forward-backward passes per image; the wait for the "
            "loader is left out)"
            if derived["train"]["batch_size"] != base["train"]["batch_size"] else "")
@@ -203,13 +203,14 @@ def report(project: Path, base: dict, derived: dict, stage_seconds: dict[str, fl
         lines.append(f"| {r['stage']} | {r['input']} | {r['batch']} | {steps} | {r['images_per_s']:.2f} "
                      f"| {r['peak_mib'] / 1024:.1f} GiB | {r['steps']:,} | {r['hours']:.2f} |")
     lines += ["", f"Peak memory: {train[0]['memory'] if train else '?'} at a micro-batch of "
-              f"{train[0]['micro_batch'] if train else '?'} image(s).", ""]
+              f"{_n(train[0]['micro_batch'], 'image') if train else '?'}.", ""]
     estimates = [(r["stage"], activation_estimate(r)) for r in train]
     estimates = [(s, e) for s, e in estimates if e is not None]
     if estimates:
         worst = max(estimates, key=lambda x: x[1])
         lines += [f"Computed GPU memory at the paper's batches (fp32 weights, gradients and optimiser state plus the "
-                  f"measured activations per image, counted in fp32: an upper bound under bf16 autocast): at most "
+                  f"memory the step added over them, all counted as activations of the micro-batch's images and in fp32: an "
+                  f"upper bound, loose at a micro-batch of one and under bf16 autocast): at most "
                   f"**{worst[1]:.1f} GiB** ({worst[0]}); "
                   + ("fits a 40 GB GPU." if worst[1] * GIB <= 40e9 else
                      "**does not fit a 40 GB GPU**: raise `runtime.accum_steps`."), ""]

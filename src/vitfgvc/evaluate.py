@@ -136,7 +136,13 @@ def evaluate_model(model_dir: Path, data: Path, out_dir: Path, metrics_path: Pat
         torch.utils.data.Subset(test_ds, range(min(runtime.limit_eval, len(test_ds))))  # a rehearsal
     loader = make_loader(images, batch_size=runtime.eval_batch_size, workers=runtime.workers, device=device)
     start = time.perf_counter()
-    test = predict(loaded.model, loader, device, autocast_for(device, cfg.train.amp))
+    try:
+        test = predict(loaded.model, loader, device, autocast_for(device, cfg.train.amp))
+    except Exception as exc:  # noqa: BLE001 - annotated and re-raised
+        hint = "; try a smaller runtime.eval_batch_size" if isinstance(exc, torch.OutOfMemoryError) else ""
+        exc.add_note(f"{stage}: raised while predicting batches of {runtime.eval_batch_size} test images of "
+                     f"{loaded.input_size} px{hint}")
+        raise
     seconds = time.perf_counter() - start
 
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
