@@ -8,9 +8,9 @@ included, nothing initialised by hand), committed to a fresh git repository so t
 ``dvc exp run`` works there too. It is kept, so running the same command again only
 re-runs what changed, and a killed run resumes.
 
-    python benchmarks/profiles.py smoke      # CI's pipeline: miniature archives, a tiny ViT (about 10 min on 2 cores)
+    python benchmarks/profiles.py smoke      # CI's pipeline: miniature archives, a tiny ViT (about 7 min on 2 cores)
     python benchmarks/profiles.py cpu        # the CPU benchmark on cluttered digits (about 25 min on 2 cores)
-    python benchmarks/profiles.py rehearsal  # the paper's DAG at full size, a step per phase: reports/rehearsal.md
+    python benchmarks/profiles.py rehearsal  # the paper's DAG at full size, a step per phase: reports/rehearsal.md (about 20 min)
 
 The test suite's pipeline tests build their copies with :func:`sync`, as this command does.
 (Not ``profile.py``: with this folder first on ``sys.path``, that name would shadow the standard
