@@ -440,6 +440,7 @@ def _write_outputs(state: TrainState, ctx: Context, classes: list[str]) -> dict:
 
     cfg, paths, history = ctx.cfg, ctx.paths, state.history
     seconds = sum(r["seconds"] for r in history)
+    peak, memory = peak_memory_mib(ctx.device)
     summary = {"dataset": cfg.dataset, "model": cfg.model, "variant": cfg.variant, "backbone": cfg.backbone.name,
                "epochs": len(history), "train_seconds": round(seconds, 2),
                "seconds_per_epoch": round(seconds / max(len(history), 1), 3),
@@ -450,7 +451,7 @@ def _write_outputs(state: TrainState, ctx: Context, classes: list[str]) -> dict:
                "micro_batch": cfg.train.batch_size // (ctx.runtime.accum_steps * ctx.dist.world),
                "processes": ctx.dist.world, "grad_checkpointing": ctx.runtime.grad_checkpointing,
                "parameters": sum(p.numel() for p in state.model.net.parameters()),
-               "peak_memory_mib": round(peak_memory_mib(ctx.device)[0], 1), "memory": peak_memory_mib(ctx.device)[1],
+               "peak_memory_mib": round(peak, 1), "memory": memory,
                "limit_steps": ctx.runtime.limit_steps or None,
                "hardware": hardware(), "mlflow_run_id": state.mlflow_run_id}
     tmp = paths.model_dir.with_name(f".{paths.model_dir.name}.tmp")
