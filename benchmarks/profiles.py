@@ -82,6 +82,14 @@ def environment(**extra: str) -> dict[str, str]:
     return env
 
 
+def repro_stage(dest: Path, env: dict[str, str], stage: str) -> tuple[float, subprocess.CompletedProcess]:
+    """``dvc repro -s STAGE`` in the copy: its wall time (process start included) and the finished process."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "-s", stage], cwd=dest, env=env,
+                          capture_output=True, text=True)
+    return time.perf_counter() - start, proc
+
+
 def sync(dest: Path, profile: Profile, env: dict[str, str], root: Path = ROOT, *, params: dict | None = None,
          fixture_args: tuple[str, ...] = ()) -> None:
     """Create or refresh the copy in ``dest``: the project's files, ``profile.params`` (or ``params``, a derived
@@ -181,10 +189,7 @@ def run_rehearsal(dest: Path, profile: Profile, env: dict[str, str], args) -> No
     timings_path = dest / "stage_seconds.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     for stage in stage_order(derived):
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "-s", stage], cwd=dest, env=env,
-                              capture_output=True, text=True)
-        seconds = time.perf_counter() - start
+        seconds, proc = repro_stage(dest, env, stage)
         if proc.returncode != 0:
             sys.exit(f"rehearsal: stage {stage} failed in {dest} (exit {proc.returncode}):\n{proc.stdout[-3000:]}"
                      f"{proc.stderr[-3000:]}\nRun the same command again to resume from it.")

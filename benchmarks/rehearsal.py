@@ -27,13 +27,13 @@ from __future__ import annotations
 import copy
 import json
 import os
-import platform
 from pathlib import Path
 
 import pandas as pd
 
 from vitfgvc.config import Params
 from vitfgvc.data.datasets import spec
+from vitfgvc.report.tables import describe_hardware
 
 PAPER_DATASETS = ("cub", "dogs", "cars", "plant")
 GIB = 2**30
@@ -60,7 +60,7 @@ def derive_params(base: dict, *, steps: int, eval_images: int, micro_batch: int 
 
 
 # ------------------------------------------------------------------ the report
-def _train_images(base: dict, dataset: str) -> tuple[int, int]:
+def _real_split(base: dict, dataset: str) -> tuple[int, int]:
     """(train, test) images of the real dataset under the profile's split settings."""
     s, entry = spec(dataset), base["datasets"][dataset]
     test = s.test_images or round(s.images * entry["test_fraction"])
@@ -99,7 +99,7 @@ def training_rows(project: Path, base: dict) -> list[dict]:
         cfg = _run_config(base, dataset, "multistage" if variant else name, variant)
         batch = cfg.train.batch_size                     # the paper's optimiser batch
         measured_batch = summary["batch_size"]           # the rehearsal's
-        train_n, _ = _train_images(base, dataset)
+        train_n, _ = _real_split(base, dataset)
         steps_per_epoch = train_n // batch
         hours, per_phase = 0.0, {}
         for phase, epochs in _phase_epochs(cfg).items():
@@ -118,7 +118,7 @@ def training_rows(project: Path, base: dict) -> list[dict]:
                      "step_s": per_phase, "images_per_s": float(history["images_per_s"].median()),
                      "peak_mib": summary["peak_memory_mib"], "memory": summary["memory"],
                      "steps": steps_per_epoch * sum(_phase_epochs(cfg).values()), "hours": hours,
-                     "parameters": summary.get("parameters")})
+                     "parameters": summary.get("parameters"), "hardware": summary.get("hardware")})
     return rows
 
 
@@ -129,7 +129,7 @@ def evaluation_rows(project: Path, base: dict) -> list[dict]:
         if not path.exists():
             continue
         m = json.loads(path.read_text())
-        _, test_n = _train_images(base, dataset)
+        _, test_n = _real_split(base, dataset)
         rows.append({"stage": f"evaluate of {stage}", "images_per_s": m["eval_images_per_s"],
                      "peak_mib": m["eval_peak_memory_mib"], "images": test_n,
                      "hours": test_n / max(m["eval_images_per_s"], 1e-9) / 3600})
@@ -149,20 +149,6 @@ def activation_estimate(row: dict) -> float | None:
     return (static + per_image * paper_micro) / GIB
 
 
-def device_name() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}), torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
-
-
 def _n(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
@@ -170,6 +156,7 @@ def _n(count: int, noun: str) -> str:
 def report(project: Path, base: dict, derived: dict, stage_seconds: dict[str, float], *, command: str) -> str:
     """``reports/rehearsal.md``: per stage what it measured and the full run's cost on this device."""
     train, evals = training_rows(project, base), evaluation_rows(project, base)
+    devices = "; ".join(sorted({describe_hardware(r["hardware"]) for r in train if r["hardware"]})) or "?"
     rt = derived["runtime"]
     total_train = sum(r["hours"] for r in train)
     total_eval = sum(r["hours"] for r in evals)
@@ -182,7 +169,7 @@ def report(project: Path, base: dict, derived: dict, stage_seconds: dict[str, fl
     total_prepare = sum(prepare.values())
     lines = [
         "# Rehearsal of the paper profile", "",
-        f"Measured on: **{device_name()}**.  ",
+        f"Measured on: **{devices}**.  ",
         f"Command: `{command}` ({sum(stage_seconds.values()) / 60:.1f} min for {len(stage_seconds)} stages).", "",
         "The paper's DAG ran unchanged (ViT-B/16 at 384 px, random weights) on archives in the datasets' original "
         f"formats at their real image sizes, {_n(rt['limit_steps'], 'optimiser step')} per phase and "
@@ -192,7 +179,7 @@ def report(project: Path, base: dict, derived: dict, stage_seconds: dict[str, fl
            "loader is left out)"
            if derived["train"]["batch_size"] != base["train"]["batch_size"] else "")
         + ". Hours extrapolate to the real datasets' sizes (train/test: "
-        + ", ".join(f"{d} {'/'.join(str(n) for n in _train_images(base, d))}" for d in base["pipeline"]["datasets"])
+        + ", ".join(f"{d} {'/'.join(str(n) for n in _real_split(base, d))}" for d in base["pipeline"]["datasets"])
         + ") and the profile's epochs.", "",
         "## Training", "",
         "| stage | input | batch | s / step (frozen · unfrozen · final) | images/s | peak memory | steps | hours |",

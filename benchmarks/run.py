@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # benchmarks.profile
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # benchmarks.profiles
 
 import bench_attention  # noqa: E402
 import bench_prepare  # noqa: E402
@@ -39,7 +39,7 @@ def noop_repro(repeats: int) -> dict:
 
     import yaml
 
-    from benchmarks.profiles import PROFILES, environment, stage_order, sync
+    from benchmarks.profiles import PROFILES, environment, repro_stage, stage_order, sync
 
     with tempfile.TemporaryDirectory() as tmp:
         dest = Path(tmp) / "repo"
@@ -48,10 +48,8 @@ def noop_repro(repeats: int) -> dict:
         sync(dest, PROFILES["smoke"], env)
         stages = {}
         for stage in stage_order(yaml.safe_load((ROOT / "params-smoke.yaml").read_text())):
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "dvc", "repro", "-s", stage], cwd=dest, env=env, check=True,
-                           capture_output=True)
-            stages[stage] = time.perf_counter() - start
+            stages[stage], proc = repro_stage(dest, env, stage)
+            proc.check_returncode()
         times = []
         for _ in range(repeats):
             start = time.perf_counter()

@@ -50,6 +50,10 @@ class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class OutOfMemory(UserError, RuntimeError):
+    """A training step ran out of memory; the message names the stage, the step and the micro-batch."""
+
+
 @dataclass(frozen=True)
 class RunPaths:
     data: Path          # data/prepared/<dataset>
@@ -284,10 +288,6 @@ def train_one_epoch(state: TrainState, ctx: Context, ds: ManifestDataset, sample
             "data_seconds": round(waited, 3), "optimizer_seconds": round(optimizing, 3),
             "images_per_s": round(sums["images"] / max(seconds, 1e-9), 2),
             "peak_memory_mib": round(peak_memory_mib(device)[0], 1)}
-
-
-class OutOfMemory(UserError, RuntimeError):
-    """A training step ran out of memory; the message names the stage, the step and the micro-batch."""
 
 
 def _where(state: TrainState, ctx: Context, phase: Phase, images: torch.Tensor | None) -> str:
