@@ -35,7 +35,6 @@ from vitfgvc.config import Params
 from vitfgvc.data.datasets import spec
 from vitfgvc.report.tables import describe_hardware
 
-PAPER_DATASETS = ("cub", "dogs", "cars", "plant")
 GIB = 2**30
 
 

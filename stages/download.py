@@ -3,14 +3,14 @@
 import argparse
 import time
 
-from vitfgvc.config import DATASETS, load_params
+from vitfgvc.config import load_params
 from vitfgvc.data.acquire import acquire
 from vitfgvc.errors import run_main
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--dataset", required=True, choices=DATASETS)
+    ap.add_argument("--dataset", required=True, help="an entry under datasets: in the params file")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", default=None, help="default: data/raw/<dataset>")
     args = ap.parse_args()

@@ -9,7 +9,7 @@ metrics ``metrics/<dataset>/<run>.json``; they are logged to the training's MLfl
 import argparse
 from pathlib import Path
 
-from vitfgvc.config import DATASETS, load_params
+from vitfgvc.config import load_params
 from vitfgvc.errors import run_main
 from vitfgvc.evaluate import evaluate_model
 from vitfgvc.tracking import Tracker
@@ -25,15 +25,17 @@ def stage_name(args) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", required=True, choices=DATASETS)
+    ap.add_argument("--dataset", required=True, help="an entry under datasets: in the params file")
     ap.add_argument("--run", required=True, help="baseline, multistage, ablation/<variant> or baseline_equal_time")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
-    runtime = load_params(args.params).runtime
+    params = load_params(args.params)
+    runtime = params.runtime
     result = evaluate_model(Path("models") / args.dataset / args.run, Path("data/prepared") / args.dataset,
                             Path("evaluation") / args.dataset / args.run,
                             Path("metrics") / args.dataset / f"{args.run}.json", runtime, stage=stage_name(args),
-                            tracker_factory=lambda: Tracker(runtime.mlflow_experiment))
+                            tracker_factory=lambda: Tracker(runtime.mlflow_experiment),
+                            auc=params.spec(args.dataset).auc)
     stages = ", ".join(f"{k[-1]} {result[k]:.2f}" for k in ("accuracy_a", "accuracy_b", "accuracy_c")
                        if result.get(k) is not None)
     print(f"evaluate {args.dataset}/{args.run}: test accuracy {result['accuracy']:.2f}% ({result['images']} images"

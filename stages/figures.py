@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitfgvc.config import DATASETS, load_params
+from vitfgvc.config import load_params
 from vitfgvc.data.loader import Manifest, ManifestDataset
 from vitfgvc.errors import run_main
 from vitfgvc.inference import load_model_dir
@@ -21,7 +21,7 @@ from vitfgvc.viz import erase_threshold, explain_items, grid_figure, select
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--dataset", required=True, choices=DATASETS)
+    ap.add_argument("--dataset", required=True, help="an entry under datasets: in the params file")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     params = load_params(args.params)

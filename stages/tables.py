@@ -1,4 +1,4 @@
-"""DVC stage ``tables``: the paper's Tables 1-4 and the ablations, from ``metrics/``.
+"""DVC stage ``tables``: the paper's Tables 1-4, Table 5 (Aircraft), a user's datasets and the ablations, from ``metrics/``.
 
 Writes ``<report.dir>/tables.md`` and ``<report.dir>/tables/<table>.tex`` and ``.csv``
 (``report.dir`` is ``reports`` for the paper profile, ``reports/cpu`` for the CPU profile).
@@ -19,7 +19,8 @@ def main() -> None:
     params = load_params(args.params)
     results = load_results(Path("metrics"), params)
     datasets = params.pipeline.datasets
-    tables = build_tables(results, datasets, {d: params.ablation.variants for d in params.ablation.datasets})
+    tables = build_tables(results, datasets, {d: params.ablation.variants for d in params.ablation.datasets},
+                          {d: params.dataset(d).format for d in datasets})
     title = ("CPU benchmark: the method on cluttered digits" if datasets == ["digits"]
              else "Exploring Vision Transformers for Fine-grained Classification: reproduced tables")
     out = Path(params.report.dir)

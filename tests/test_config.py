@@ -83,7 +83,8 @@ def _set(dotted, value):
         ("multistage.part_pool", "median", "multistage.part_pool must be one of 'avg', 'max' or 'gem', got 'median'"),
         ("aug.crop_threshold", [0.6, 0.4], "aug.crop_threshold must be [low, high] with low <= high, got [0.6, 0.4]"),
         ("aug.erase_pp", 0.5, "aug.erase_pp is not a known key"),
-        ("pipeline.datasets", ["cub", "birds"], "pipeline.datasets.1 must be one of"),
+        ("pipeline.datasets", ["cub", "birds"], "pipeline.datasets names ['birds'], which have no entry under datasets"),
+        ("pipeline.datasets", ["cub", "Birds"], "pipeline.datasets.1 must match the pattern"),
         ("ablation.variants", {"full": {"aug": {"erase_p": 0.0}}}, "ablation.variants must not define 'full'"),
         ("ablation.variants", {"x": {"aug": {"erase_pp": 0.0}}}, "ablation.variants.x: aug.erase_pp is not a known key"),
         ("ablation.variants", {"x": {"aug": {"erase_p": 2.0}}}, "ablation.variants.x: aug.erase_p must be in [0, 1]"),
@@ -192,6 +193,8 @@ def test_the_paper_profile_is_the_originals_recipe():
         "cub": (20, 448, [0.75, 1.0], 50.0, [("frozen", 2, 3e-3), ("unfrozen", 4, 1e-3), ("final", 4, 1e-4)]),
         "cars": (16, 512, [0.7, 1.0], 100.0, [("frozen", 24, 1e-2), ("unfrozen", 32, 3.3e-3)]),
         "plant": (16, 448, [0.75, 1.0], 50.0, [("frozen", 2, 3e-3), ("unfrozen", 6, 1e-3)]),
+        # stanford_dog/train_aircraft.ipynb: size 786, bs 16, fit_one_cycle(6, 3e-3), then 36 at [lr/25, lr, lr]
+        "aircraft": (16, 786, [0.75, 1.0], 25.0, [("frozen", 6, 3e-3), ("unfrozen", 36, 1e-3)]),
     }
     for dataset, (batch, high_res, scale, div, want) in recipe.items():
         cfg = p.run_config(dataset, "multistage")

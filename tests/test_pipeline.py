@@ -93,6 +93,30 @@ def test_reports(smoke):
         p.name for p in evaluation.iterdir()}
 
 
+def test_a_users_photographs_go_through_the_whole_pipeline(smoke):
+    """``mydata``: an imagefolder of real photographs (scikit-image's samples) from download to ``vitfgvc predict``."""
+    project, _, _ = smoke
+    prepared = json.loads((project.root / "metrics/prepare/mydata.json").read_text())
+    assert (prepared["classes"], prepared["train"], prepared["test"], prepared["duplicates"]) == (4, 24, 12, 1)
+    rejected = pd.read_csv(project.root / "data/prepared/mydata/rejected.csv")
+    assert rejected["source"].tolist() == ["test/cat/cat_copy.jpg"]
+    md = (project.root / "reports/tables.md").read_text()
+    assert "### Your data (mydata): baseline vs multi-stage, per stage (accuracy, %)" in md
+    measured = json.loads((project.root / "metrics/mydata/multistage.json").read_text())
+    mine = pd.read_csv(project.root / "reports/tables/data_mydata.csv").set_index("Method")
+    assert mine.loc["Ours, combined (mean of the stage probabilities)", "Accuracy (%)"] == pytest.approx(
+        measured["accuracy"])
+    assert "box_recall" not in measured  # no boxes: the table shows a dash
+    photos = sorted(str(p) for p in (project.root / "data/fixtures/photos/test/coffee").glob("*.jpg"))
+    proc = project.run(sys.executable, "-m", "vitfgvc.cli", "predict", "models/mydata/multistage", *photos,
+                       "--json", "--top-k", "2")
+    results = json.loads(proc.stdout)
+    assert [r["image"] for r in results] == photos and not any("error" in r for r in results)
+    assert all(len(r["top_k"]) == 2 and r["top_k"][0]["class_name"] in
+               {"astronaut", "cat", "coffee", "rocket"} for r in results)
+    assert set(results[0]["stages"]) == {"a", "b", "c"}
+
+
 def test_second_repro_runs_nothing(smoke):
     project, _, _ = smoke
     start = time.perf_counter()

@@ -115,3 +115,31 @@ def test_metrics_of_runs_the_params_no_longer_configure_are_not_reported(tmp_pat
     digits = {t.key: t for t in build_tables(results, ["digits"], {"digits": {"no_erase": VARIANTS["no_erase"]}})}["digits"]
     assert [row[0] for row in digits.rows] == ["ViT (baseline, full image)", "Ours (multistage)",
                                                "ablation: no_erase"]
+
+
+def test_table5_and_a_users_dataset_get_their_own_tables(results):
+    results = {**results,
+               "prepare/aircraft": {"classes": 100, "train": 6667, "val": 0, "test": 3333},
+               "aircraft/baseline": run(80.0, a=80.0),
+               "aircraft/multistage": run(84.0, 82.0, 83.5, 79.0, box_recall=0.91, box_iou=0.62),
+               "prepare/birds": {"classes": 4, "train": 24, "val": 0, "test": 12},
+               "birds/baseline": run(75.0, a=75.0),
+               "birds/multistage": run(70.0, 68.0, 66.0, 50.0)}
+    tables = {t.key: t for t in build_tables(results, ["dogs", "aircraft", "birds"], {},
+                                             {"dogs": "dogs", "aircraft": "aircraft", "birds": "imagefolder"})}
+    assert set(tables) == {"table1", "table2", "table5", "data_birds"}
+    t5 = tables["table5"]
+    assert t5.title.startswith("Table 5 (beyond the paper). FGVC-Aircraft") and t5.section == 0  # no citable rows
+    rows = t5.frame().set_index("Method")
+    assert rows.loc["ViT (baseline, full image)", "Accuracy (%)"] == 80.0
+    combined = rows.loc["Ours, combined (mean of the stage probabilities)"]
+    assert (combined["Accuracy (%)"], combined["Δ vs baseline"], combined["Box recall"]) == (84.0, 4.0, 0.91)
+    assert rows.loc["Ours, stage b (object crop)", "Accuracy (%)"] == 83.5
+    assert any("no ViT-B/16" in n for n in t5.notes)
+    mine = tables["data_birds"]
+    assert mine.title.startswith("Your data (birds): baseline vs multi-stage, per stage")
+    md = to_markdown(mine)
+    assert "| Ours, combined (mean of the stage probabilities) | vit_x | 70.00 | -5.00 | — | — |" in md
+    table1 = tables["table1"].frame().set_index("Dataset")
+    assert table1.loc["birds", "Classes"] == 4 and pd.isna(table1.loc["birds", "Classes (paper)"])
+    assert table1.loc["FGVC-Aircraft", "Test"] == 3333

@@ -22,11 +22,12 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
 
 from .errors import UserError
 
-from .data.datasets import SPECS
+from .data.datasets import NAMED, SPECS, DatasetSpec, FormatOptions, spec
 
-DATASETS = tuple(SPECS)  # the registry in data/datasets.py is the one place a dataset is declared
 MODELS = ("baseline", "multistage")
-DatasetName = Literal[DATASETS]  # type: ignore[valid-type]
+# A dataset entry's name: any, for a user's own data; the named ones (data/datasets.py, the one place a
+# format is declared) read their own format by default. No '-': stage names join dataset and run with it.
+DatasetName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
 
 
 class ParamsError(UserError, ValueError):
@@ -204,6 +205,10 @@ TransformOverrides = _partial(TransformSection, "TransformOverrides")
 
 
 class DatasetConfig(Section):
+    format: str | None = Field(default=None, description="how its files are laid out: a named dataset's (cub, dogs, "
+                               "cars, plant, aircraft, digits; default: the entry's name) or imagefolder | csv")
+    options: dict[str, str] = Field(default={}, description="the keys only some formats read: aircraft: level "
+                                    "(variant | family | manufacturer); csv: annotations (the CSV's file name)")
     path: str | None = Field(default=None, description="local folder with the original files or their extracted tree")
     urls: list[UrlFile] = []
     kaggle: KaggleSource | None = None
@@ -216,8 +221,7 @@ class DatasetConfig(Section):
     transform: TransformOverrides = TransformOverrides()  # type: ignore[valid-type]
 
 
-DatasetsSection = create_model("DatasetsSection", __base__=Section,
-                               **{name: (DatasetConfig, ...) for name in DATASETS})
+DatasetsSection = dict[DatasetName, DatasetConfig]
 
 
 # -------------------------------------------------------------------------- model
@@ -358,8 +362,35 @@ class Params(Section):
     report: ReportSection = ReportSection()
     runtime: RuntimeSection = RuntimeSection()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _named_formats(cls, data: Any) -> Any:
+        """``datasets.cub`` reads format cub unless it says otherwise."""
+        if isinstance(data, dict) and isinstance(data.get("datasets"), dict):
+            data = {**data, "datasets": {
+                name: ({**entry, "format": name} if isinstance(entry, dict) and entry.get("format") is None
+                       and name in NAMED else entry) for name, entry in data["datasets"].items()}}
+        return data
+
     @model_validator(mode="after")
     def _ablation_in_pipeline(self) -> "Params":
+        for name, entry in self.datasets.items():
+            if entry.format is None:
+                raise ValueError(f"datasets.{name}.format is required (a dataset not named {', '.join(NAMED)} "
+                                 f"says how its files are laid out: imagefolder or csv)")
+            if entry.format not in SPECS:
+                raise ValueError(f"datasets.{name}.format must be one of {', '.join(SPECS)}, got {entry.format!r}")
+            if name in NAMED and entry.format != name:
+                raise ValueError(f"datasets.{name} is the built-in {spec(name).title} (format {name}), got format "
+                                 f"{entry.format!r}; give your own dataset another name")
+            try:
+                FormatOptions.of(entry.format, entry.options)
+            except ValueError as exc:
+                raise ValueError(f"datasets.{name}.options: {exc}") from None
+        missing = [d for d in self.pipeline.datasets if d not in self.datasets]
+        if missing:
+            raise ValueError(f"pipeline.datasets names {missing}, which have no entry under datasets: "
+                             f"(entries: {', '.join(self.datasets)})")
         for key, values in (("ablation.datasets", self.ablation.datasets),
                             ("pipeline.equal_time", self.pipeline.equal_time)):
             extra = [d for d in values if d not in self.pipeline.datasets]
@@ -377,7 +408,23 @@ class Params(Section):
         return self
 
     def dataset(self, name: str) -> DatasetConfig:
-        return getattr(self.datasets, name)
+        try:
+            return self.datasets[name]
+        except KeyError:
+            raise ParamsError(f"no dataset {name!r} under datasets: (entries: {', '.join(self.datasets)})") from None
+
+    def spec(self, name: str) -> DatasetSpec:
+        """The format spec dataset ``name`` reads."""
+        return spec(self.dataset(name).format)
+
+    def options(self, name: str) -> FormatOptions:
+        cfg = self.dataset(name)
+        return FormatOptions.of(cfg.format, cfg.options)
+
+    def title(self, name: str) -> str:
+        """As the reports print the dataset: a named one's title, a user's entry by its name."""
+        s = self.spec(name)
+        return name if s.user else s.title
 
     def run_config(self, dataset: str, model: str, variant: str | None = None) -> "RunConfig":
         """The resolved configuration of one training run."""
@@ -467,6 +514,8 @@ def _describe(err: dict) -> str:
             return msg
     elif kind == "literal_error":
         msg = f"must be one of {err['ctx']['expected']}"
+    elif kind == "string_pattern_mismatch":
+        msg = f"must match the pattern {err['ctx']['pattern']} (lower-case letters, digits and _)"
     else:
         msg = err["msg"].replace("Input should be", "must be").replace("Value should", "must")
     text = f"{key} {msg}, got {value!r}"

@@ -19,7 +19,6 @@ import pandas as pd
 import torch
 
 from .config import RuntimeSection
-from .data.datasets import spec
 from .data.loader import Manifest, ManifestDataset
 from .devices import autocast_for, device_for, make_loader, peak_memory_mib
 from .inference import TRAINING_SUMMARY, load_model_dir
@@ -113,13 +112,13 @@ def prediction_table(pred: Predictions, dataset: ManifestDataset, classes: list[
 
 
 def evaluate_model(model_dir: Path, data: Path, out_dir: Path, metrics_path: Path, runtime: RuntimeSection, *,
-                   stage: str = "evaluate", tracker_factory=None) -> dict:
+                   stage: str = "evaluate", tracker_factory=None, auc: bool = False) -> dict:
     """Evaluate a model directory on the test split of ``data``; write ``out_dir`` and ``metrics_path``.
 
     ``out_dir`` gets the test predictions, per-class accuracy, the confusion matrix (CSV and
     PNG) and a sample attention figure, written beside it and renamed into place when
     complete; ``metrics_path`` the metrics JSON the tables read: the test metrics and the
-    training's summary. With ``tracker_factory`` the metrics and figures are logged to the
+    training's summary (``auc``: also the mean column-wise ROC AUC). With ``tracker_factory`` the metrics and figures are logged to the
     training's own MLflow run (a new run where that one is not in the store, e.g. a model
     fetched with ``dvc pull`` from another machine).
     """
@@ -158,7 +157,7 @@ def evaluate_model(model_dir: Path, data: Path, out_dir: Path, metrics_path: Pat
     tmp.rename(out_dir)
 
     result = {"dataset": cfg.dataset, "model": cfg.model, "variant": cfg.variant, "backbone": cfg.backbone.name,
-              **metrics(test, classes, auc=spec(cfg.dataset).auc),
+              **metrics(test, classes, auc=auc),
               **{k: training[k] for k in ("epochs", "train_seconds", "seconds_per_epoch", "train_images_per_s",
                                           "final_train_loss", "hardware")},
               "eval_seconds": round(seconds, 3), "eval_images_per_s": round(len(test.labels) / max(seconds, 1e-9), 2),

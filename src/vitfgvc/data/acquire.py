@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from ..config import DatasetConfig, DownloadSection
 from ..errors import UserError
-from .datasets import DatasetFormatError, DatasetSpec, spec
+from .datasets import DatasetFormatError, DatasetSpec, FormatOptions, Parsed, spec
 from .download import Checksums, fetch, fetch_kaggle, file_hashes
 from .extract import extract, is_archive
 
@@ -26,16 +26,20 @@ class SourceError(UserError, RuntimeError):
     """No usable source for a dataset."""
 
 
-def ways_out(s: DatasetSpec) -> str:
+def ways_out(s: DatasetSpec, name: str | None = None) -> str:
+    name = name or s.name
+    if s.user:
+        return (f"Set datasets.{name}.path to the folder holding your images ({s.name} layout), or list the HTTP(S) "
+                f"URL of an archive of that folder under datasets.{name}.urls (url, file, sha256).")
     files = " + ".join(s.packagings[0])
     return (
         f"Three ways to provide the {s.title} data:\n"
         f"  1. Kaggle: put kaggle.json (kaggle.com > Settings > API > Create New Token) in ~/.kaggle/ (chmod 600)\n"
         f"     or in $KAGGLE_CONFIG_DIR, or set KAGGLE_USERNAME and KAGGLE_KEY; a competition's rules must be\n"
         f"     accepted on its web page first.\n"
-        f"  2. Files you already have: set datasets.{s.name}.path to a folder holding {files}\n"
+        f"  2. Files you already have: set datasets.{name}.path to a folder holding {files}\n"
         f"     (or their extracted tree); nothing is downloaded then.\n"
-        f"  3. A mirror: list its HTTP(S) URLs under datasets.{s.name}.urls (url, file, sha256)."
+        f"  3. A mirror: list its HTTP(S) URLs under datasets.{name}.urls (url, file, sha256)."
     )
 
 
@@ -60,11 +64,29 @@ def _unpack(files: list[Path], dest: Path, s: DatasetSpec, progress: bool) -> No
         inner.unlink()
 
 
-def _from_path(s: DatasetSpec, cfg: DatasetConfig, tmp: Path, progress: bool) -> str:
+def _copy_used(parsed: Parsed, root: Path, tmp: Path) -> None:
+    """A user's dataset: copy the files its parser read (images, duplicates, the CSV), nothing else."""
+    paths = [r.path for r in parsed.records] + [r.path for r, _ in parsed.dropped] + list(parsed.annotations)
+    for path in tqdm(paths, unit="file", desc="copy", disable=len(paths) < 1000):
+        dst = tmp / path.relative_to(root)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dst)
+
+
+def _from_path(s: DatasetSpec, cfg: DatasetConfig, name: str, tmp: Path, progress: bool) -> str:
     root = Path(cfg.path).expanduser()
     if not root.is_dir():
-        raise SourceError(f"datasets.{s.name}.path: {root} is not a folder (expected one holding "
-                          f"{' + '.join(s.packagings[0])} or their extracted tree)")
+        expected = f"your images in the {s.name} layout" if s.user else \
+            f"{' + '.join(s.packagings[0])} or their extracted tree"
+        raise SourceError(f"datasets.{name}.path: {root} is not a folder (expected one holding {expected})")
+    opts = FormatOptions.of(s.name, cfg.options)
+    if s.user:
+        try:
+            parsed = s.parse(root, opts)
+        except DatasetFormatError as exc:
+            raise SourceError(f"datasets.{name}.path: {exc}") from None
+        _copy_used(parsed, root, tmp)
+        return f"{len(parsed.records)} images in {root}"
     known = _known_checksums(cfg)
     for packaging in s.packagings:
         files = [root / n for n in packaging]
@@ -75,16 +97,16 @@ def _from_path(s: DatasetSpec, cfg: DatasetConfig, tmp: Path, progress: bool) ->
             _unpack(files, tmp, s, progress)
             return f"original files in {root}"
     try:
-        s.parse(root)
+        s.parse(root, opts)
     except DatasetFormatError as exc:
-        raise SourceError(f"datasets.{s.name}.path: {root} holds neither {' + '.join(s.packagings[0])} "
+        raise SourceError(f"datasets.{name}.path: {root} holds neither {' + '.join(s.packagings[0])} "
                           f"nor their extracted tree ({exc})") from None
     shutil.copytree(root, tmp, dirs_exist_ok=True)
     return f"extracted tree in {root}"
 
 
-def _from_http(s: DatasetSpec, cfg: DatasetConfig, dl: DownloadSection, tmp: Path, progress: bool) -> str:
-    cache = Path(dl.cache_dir) / s.name
+def _from_http(s: DatasetSpec, cfg: DatasetConfig, name: str, dl: DownloadSection, tmp: Path, progress: bool) -> str:
+    cache = Path(dl.cache_dir) / name
     files = []
     for u in cfg.urls:
         checks = Checksums(u.sha256, u.md5, u.size)
@@ -92,17 +114,17 @@ def _from_http(s: DatasetSpec, cfg: DatasetConfig, dl: DownloadSection, tmp: Pat
                      timeout=dl.timeout, chunk_size=dl.chunk_mib << 20, progress=progress)
         if checks.sha256 is None and checks.md5 is None:
             tqdm.write(f"{u.file}: no checksum in params; sha256 {file_hashes(path)['sha256']} "
-                       f"(add it under datasets.{s.name}.urls to pin the file)")
+                       f"(add it under datasets.{name}.urls to pin the file)")
         files.append(path)
     _unpack(files, tmp, s, progress)
     return ", ".join(u.url for u in cfg.urls)
 
 
-def _from_kaggle(s: DatasetSpec, cfg: DatasetConfig, dl: DownloadSection, tmp: Path, progress: bool) -> str:
+def _from_kaggle(s: DatasetSpec, cfg: DatasetConfig, name: str, dl: DownloadSection, tmp: Path, progress: bool) -> str:
     k = cfg.kaggle
-    name = k.file or f"{(k.competition or k.dataset or '').split('/')[-1]}.zip"
-    path = fetch_kaggle(dl.kaggle_api, Path(dl.cache_dir) / s.name / name, competition=k.competition,
-                        dataset=k.dataset, checksums=Checksums(k.sha256, k.md5), ways_out=ways_out(s),
+    file = k.file or f"{(k.competition or k.dataset or '').split('/')[-1]}.zip"
+    path = fetch_kaggle(dl.kaggle_api, Path(dl.cache_dir) / name / file, competition=k.competition,
+                        dataset=k.dataset, checksums=Checksums(k.sha256, k.md5), ways_out=ways_out(s, name),
                         retries=dl.retries, backoff=dl.backoff, timeout=dl.timeout,
                         chunk_size=dl.chunk_mib << 20, progress=progress)
     _unpack([path], tmp, s, progress)
@@ -125,7 +147,7 @@ def _from_package(s: DatasetSpec, cfg: DatasetConfig, tmp: Path) -> str:
 
 def acquire(name: str, cfg: DatasetConfig, dl: DownloadSection, out: str | Path, *, progress: bool = True) -> dict:
     """Fill ``out`` with the dataset's original files, extracted; return a short summary."""
-    s = spec(name)
+    s = spec(cfg.format or name)
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -134,14 +156,14 @@ def acquire(name: str, cfg: DatasetConfig, dl: DownloadSection, out: str | Path,
         if s.synthetic:
             origin = _from_package(s, cfg, tmp)
         elif cfg.path:
-            origin = _from_path(s, cfg, tmp, progress)
+            origin = _from_path(s, cfg, name, tmp, progress)
         elif cfg.urls:
-            origin = _from_http(s, cfg, dl, tmp, progress)
+            origin = _from_http(s, cfg, name, dl, tmp, progress)
         elif cfg.kaggle:
-            origin = _from_kaggle(s, cfg, dl, tmp, progress)
+            origin = _from_kaggle(s, cfg, name, dl, tmp, progress)
         else:
-            raise SourceError(f"datasets.{name}: no source set (path, urls or kaggle).\n{ways_out(s)}")
-        images = len(s.parse(tmp).records) if s.parse else None
+            raise SourceError(f"datasets.{name}: no source set (path, urls or kaggle).\n{ways_out(s, name)}")
+        images = len(s.parse(tmp, FormatOptions.of(s.name, cfg.options)).records) if s.parse else None
     except BaseException:  # interrupted or failed: leave nothing half-built behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,20 +1,24 @@
-"""One place per dataset: its original files, and the parser of its annotation files.
+"""One place per dataset format: its original files, and the parser of its annotation files.
 
-A parser takes the extracted tree (``data/raw/<name>/``, or any folder holding
-the same files, however nested) and returns every labelled image with its
-0-based label, class name, official split and object box in original pixels
+A format is a named benchmark (``cub``, ``dogs``, ``cars``, ``plant``,
+``aircraft``, ``digits``) or a layout for a user's own images (``imagefolder``,
+``csv``). A parser takes the extracted tree (``data/raw/<name>/``, or any folder
+holding the same files, however nested) and returns every labelled image with
+its 0-based label, class name, official split and object box in original pixels
 ``(x0, y0, x1, y1)``, x1/y1 exclusive. Original files count from 1 (labels,
-ids, and the inclusive pixel boxes of Dogs and Cars); conversion happens here
-and nowhere else.
+ids, and the inclusive pixel boxes of Dogs, Cars and Aircraft); conversion
+happens here and nowhere else.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -35,23 +39,56 @@ class Record:
     class_name: str
     split: str          # "train" | "test" (the official split; Plant Pathology: all "train")
     box: Box | None     # original pixels, x1/y1 exclusive
+    trim_bottom: int = 0  # rows cut off the bottom before anything else (FGVC-Aircraft's copyright banner)
 
 
 @dataclass(frozen=True)
 class Parsed:
     records: list[Record]
     classes: list[str]  # class names in label order
+    dropped: tuple[tuple[Record, str], ...] = ()  # images left out, with the reason (e.g. a duplicate)
+    annotations: tuple[Path, ...] = ()  # the annotation files read (a user's CSV)
+
+    @property
+    def has_test(self) -> bool:
+        """Whether the images come with their own test split."""
+        return any(r.split == "test" for r in self.records)
+
+
+@dataclass(frozen=True)
+class FormatOptions:
+    """A dataset entry's ``options:``, the keys only some formats read."""
+
+    level: str = "variant"           # aircraft: variant (100 classes) | family (70) | manufacturer (30)
+    annotations: str = "labels.csv"  # csv: the CSV file, relative to the dataset's folder
+
+    @classmethod
+    def of(cls, fmt: str, options: dict) -> "FormatOptions":
+        """Check ``options`` against what format ``fmt`` reads; raise ValueError naming the key."""
+        allowed = spec(fmt).options
+        bad = sorted(set(options) - set(allowed))
+        if bad:
+            raise ValueError(f"format {fmt} reads {'the options ' + ', '.join(allowed) if allowed else 'no options'}"
+                             f", got {', '.join(bad)}")
+        opts = cls(**options)
+        if opts.level not in AIRCRAFT_LEVELS:
+            raise ValueError(f"level must be one of {', '.join(AIRCRAFT_LEVELS)}, got {opts.level!r}")
+        if not isinstance(opts.annotations, str) or not _inside(opts.annotations):
+            raise ValueError(f"annotations must be a file name inside the dataset's folder, got {opts.annotations!r}")
+        return opts
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
-    title: str              # as the reports print it
+    title: str              # as the reports print it (a user's dataset: its entry's name)
     packagings: tuple[tuple[str, ...], ...]  # alternative sets of original file names
-    official_test: bool
-    parse: Callable[[Path], Parsed] | None
+    official_test: bool     # a named benchmark's own test split (a user's layout: whether it has one)
+    parse: Callable[[Path, FormatOptions], Parsed] | None
     homepage: str
     synthetic: bool = False
+    user: bool = False      # a layout for a user's own images, not a named benchmark
+    options: tuple[str, ...] = ()  # the FormatOptions keys it reads
     auc: bool = False       # also report the mean column-wise ROC AUC (the competition's metric)
     notes: tuple[str, ...] = field(default=())
     images: int = 0         # labelled images of the real dataset (what a rehearsal extrapolates to)
@@ -103,7 +140,7 @@ def _union(boxes: list[Box]) -> Box | None:
 
 
 # -------------------------------------------------------------------------- CUB
-def parse_cub(root: Path) -> Parsed:
+def parse_cub(root: Path, opts: FormatOptions = FormatOptions()) -> Parsed:
     hint = "expected the extracted CUB_200_2011.tgz"
     base = find(root, "images.txt", dataset="cub", hint=hint).parent
     tables = {name: _read_table(base / f"{name}.txt", n, "cub") for name, n in
@@ -141,7 +178,7 @@ def _voc_box(path: Path) -> Box | None:
     return _union(boxes)
 
 
-def parse_dogs(root: Path) -> Parsed:
+def parse_dogs(root: Path, opts: FormatOptions = FormatOptions()) -> Parsed:
     hint = "expected the extracted images.tar, annotation.tar and lists.tar"
     images = find(root, "Images", dir=True, dataset="dogs", hint=hint)
     annotations = find(root, "Annotation", dir=True, dataset="dogs", hint=hint)
@@ -183,7 +220,7 @@ def _image_dir(root: Path, name: str) -> Path:
     return min(dirs, key=lambda p: len(p.parts))
 
 
-def parse_cars(root: Path) -> Parsed:
+def parse_cars(root: Path, opts: FormatOptions = FormatOptions()) -> Parsed:
     if not any(root.rglob("cars_meta.mat")) and any(root.rglob("cars_annos.mat")):
         return _parse_car_ims(root)
     hint = "expected the extracted car_devkit.tgz"
@@ -222,7 +259,7 @@ def _parse_car_ims(root: Path) -> Parsed:
 PLANT_CLASSES = ["healthy", "multiple_diseases", "rust", "scab"]
 
 
-def parse_plant(root: Path) -> Parsed:
+def parse_plant(root: Path, opts: FormatOptions = FormatOptions()) -> Parsed:
     import pandas as pd
 
     hint = "expected the extracted plant-pathology-2020-fgvc7.zip"
@@ -240,6 +277,251 @@ def parse_plant(root: Path) -> Parsed:
     records = [Record(images / f"{i}.jpg", f"images/{i}.jpg", int(c), PLANT_CLASSES[c], "train", None)
                for i, c in zip(table["image_id"], labels)]
     return Parsed(records, list(PLANT_CLASSES))
+
+
+# --------------------------------------------------------------------- Aircraft
+AIRCRAFT_LEVELS = {"variant": "variants.txt", "family": "families.txt", "manufacturer": "manufacturers.txt"}
+AIRCRAFT_BANNER = 20  # px: the copyright banner at the bottom of every image, which the dataset's README says to remove
+
+
+def parse_aircraft(root: Path, opts: FormatOptions = FormatOptions()) -> Parsed:
+    """FGVC-Aircraft 2013b at ``opts.level``: the official ``trainval`` images train, ``test`` tests."""
+    hint = "expected the extracted fgvc-aircraft-2013b.tar.gz"
+    data = find(root, "images_box.txt", dataset="aircraft", hint=hint).parent
+    class_file = data / AIRCRAFT_LEVELS[opts.level]
+    if not class_file.is_file():
+        raise DatasetFormatError(f"aircraft: {class_file} not found ({hint})")
+    classes = [line.strip() for line in class_file.read_text().splitlines() if line.strip()]
+    index = {c: i for i, c in enumerate(classes)}
+    boxes = {i: (float(x0) - 1, float(y0) - 1, float(x1), float(y1))  # 1-based, inclusive
+             for i, x0, y0, x1, y1 in _read_table(data / "images_box.txt", 5, "aircraft")}
+    records = []
+    for split, listed in (("train", "trainval"), ("test", "test")):
+        path = data / f"images_{opts.level}_{listed}.txt"
+        for n, (image_id, name) in enumerate(_read_table(path, 2, "aircraft"), 1):
+            if name not in index:
+                raise DatasetFormatError(f"aircraft: {path}:{n}: {name!r} is not listed in {class_file.name}")
+            records.append(Record(data / "images" / f"{image_id}.jpg", f"images/{image_id}.jpg", index[name], name,
+                                  split, boxes.get(image_id), trim_bottom=AIRCRAFT_BANNER))
+    return Parsed(records, classes)
+
+
+# ------------------------------------------------------------ a user's own images
+# The suffixes torchvision's ImageFolder reads
+IMAGE_SUFFIXES = frozenset((".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"))
+SPLIT_ORDER = {"train": 0, "test": 1}
+
+
+def _inside(rel: str) -> bool:
+    """Whether a relative path names something inside its folder (no absolute path, no ``..``)."""
+    p = PurePosixPath(rel.replace("\\", "/"))
+    return bool(rel) and not p.is_absolute() and ".." not in p.parts and not re.match(r"^[A-Za-z]:", rel)
+
+
+def _within(path: Path, root: Path, dataset: str, what: str) -> Path:
+    """``path``, refused when it (or a symlink on the way) leads outside ``root``."""
+    real = path.resolve()
+    if not real.is_relative_to(root.resolve()):
+        raise DatasetFormatError(f"{dataset}: {what} {path} leads outside the dataset folder {root} "
+                                 f"(to {real}); copy the file into the folder instead")
+    return path
+
+
+def _content_digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _without_duplicates(records: list[Record], dataset: str) -> tuple[list[Record], tuple[tuple[Record, str], ...]]:
+    """Keep one copy of each identical file (its train copy first), so that no image sits in train and test."""
+    kept: dict[str, Record] = {}
+    dropped = []
+    for r in sorted(records, key=lambda r: (SPLIT_ORDER.get(r.split, 2), r.source)):
+        if not r.path.is_file():
+            kept[f"missing:{r.source}"] = r  # the parser named it already; prepare rejects it
+            continue
+        first = kept.setdefault(_content_digest(r.path), r)
+        if first is not r:
+            why = f"the same file as {first.source} ({first.split}"
+            why += f", labelled {first.class_name})" if first.label != r.label else ")"
+            dropped.append((r, why))
+    keep = {id(r) for r in kept.values()}
+    return [r for r in records if id(r) in keep], tuple(dropped)
+
+
+def _descend(root: Path) -> Path:
+    """Past folders that hold nothing but one folder (an archive's top-level directory), stopping at
+    ``train``/``test`` and at a folder of images (a lone class)."""
+    while True:
+        entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+        if len(entries) != 1 or not entries[0].is_dir() or entries[0].name in SPLIT_ORDER or \
+                any(p.suffix.lower() in IMAGE_SUFFIXES for p in entries[0].iterdir()):
+            return root
+        root = entries[0]
+
+
+def _images_under(folder: Path, root: Path, dataset: str) -> list[Path]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        here = Path(dirpath)
+        _within(here, root, dataset, "folder")
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES:
+                files.append(_within(here / f, root, dataset, "image"))
+    return files
+
+
+def parse_imagefolder(root: Path, opts: FormatOptions = FormatOptions()) -> Parsed:
+    """``train/<class>/*`` and ``test/<class>/*``, or ``<class>/*`` alone (split by ``test_fraction``).
+
+    Class names are the sorted folder names of train (torchvision's ImageFolder
+    order); images are the files with an image suffix, in sub-folders too.
+    """
+    root = _descend(root)
+    layout = "train/<class>/ and test/<class>/, or <class>/ alone"
+    has_train, has_test = (root / "train").is_dir(), (root / "test").is_dir()
+    if has_train != has_test:
+        raise DatasetFormatError(f"imagefolder: {root} has {'train/' if has_train else 'test/'} but no "
+                                 f"{'test/' if has_train else 'train/'} (expected {layout})")
+    splits = {"train": root / "train", "test": root / "test"} if has_train else {"train": root}
+
+    def class_dirs(folder: Path) -> list[Path]:
+        return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                      key=lambda p: p.name)
+
+    classes = [p.name for p in class_dirs(splits["train"])]
+    if len(classes) < 2:
+        raise DatasetFormatError(f"imagefolder: {splits['train']} holds {len(classes)} class folder(s); expected "
+                                 f"at least two ({layout})")
+    index = {c: i for i, c in enumerate(classes)}
+    records = []
+    for split, folder in splits.items():
+        for class_dir in class_dirs(folder):
+            if class_dir.name not in index:
+                raise DatasetFormatError(f"imagefolder: class {class_dir.name!r} ({class_dir}) is in test but not in "
+                                         f"train; every test class needs training images")
+            images = _images_under(class_dir, root, "imagefolder")
+            if not images:
+                raise DatasetFormatError(f"imagefolder: {class_dir} holds no image (expected files ending in "
+                                         f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+            for path in images:
+                records.append(Record(path, path.relative_to(root).as_posix(), index[class_dir.name],
+                                      class_dir.name, split, None))
+    records, dropped = _without_duplicates(records, "imagefolder")
+    return Parsed(records, classes, dropped)
+
+
+CSV_BOX = ["x0", "y0", "x1", "y1"]
+
+
+def _csv_errors(path: Path, problems: list[str]) -> None:
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise DatasetFormatError(f"csv: {path}: " + "; ".join(problems[:5]) + more)
+
+
+def parse_csv(root: Path, opts: FormatOptions = FormatOptions()) -> Parsed:
+    """A CSV of ``image`` (relative to the CSV), ``label`` and/or ``class_name``, optional ``split``
+    (train | test) and optional ``x0, y0, x1, y1`` (a box in pixels, x1/y1 exclusive)."""
+    import pandas as pd
+    from PIL import Image
+
+    path = find(root, opts.annotations, dataset="csv", hint="set datasets.<name>.options.annotations to its name")
+    base = path.parent
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except Exception as exc:  # noqa: BLE001 - pandas raises several types for a bad file
+        raise DatasetFormatError(f"csv: {path}: not a readable CSV: {exc}") from None
+    table.columns = [str(c).strip() for c in table.columns]
+    if "image" not in table.columns or not {"label", "class_name"} & set(table.columns):
+        raise DatasetFormatError(f"csv: {path}: expected the columns image and label and/or class_name (optional: "
+                                 f"split, {', '.join(CSV_BOX)}), got {', '.join(table.columns)}")
+    has_box = [c for c in CSV_BOX if c in table.columns]
+    if has_box and len(has_box) != 4:
+        raise DatasetFormatError(f"csv: {path}: a box needs all of {', '.join(CSV_BOX)}, got only {', '.join(has_box)}")
+    line = {i: i + 2 for i in range(len(table))}  # the header is line 1
+
+    # class names, and labels in their own order when they are numbers
+    problems = []
+    if "label" in table.columns:
+        labels = pd.to_numeric(table["label"], errors="coerce")
+        for i in np.flatnonzero(labels.isna() | (labels % 1 != 0) | (labels < 0)):
+            problems.append(f"line {line[i]}: label {table['label'].iat[i]!r} is not a non-negative integer")
+        _csv_errors(path, problems)
+        names = table["class_name"] if "class_name" in table.columns else labels.astype(int).astype(str)
+        by_label: dict[int, str] = {}
+        for i, (lab, name) in enumerate(zip(labels.astype(int), names)):
+            if by_label.setdefault(lab, name) != name:
+                problems.append(f"line {line[i]}: label {lab} is {name!r} here and {by_label[lab]!r} before")
+        _csv_errors(path, problems)
+        order = sorted(by_label)
+        classes = [by_label[k] for k in order]
+        label_of = {by_label[k]: j for j, k in enumerate(order)}
+    else:
+        names = table["class_name"]
+        classes = sorted(set(names))
+        label_of = {c: j for j, c in enumerate(classes)}
+    for i, name in enumerate(names):
+        if not str(name).strip():
+            problems.append(f"line {line[i]}: empty class name")
+    if len(classes) < 2:
+        problems.append(f"{len(classes)} class(es); expected at least two")
+
+    splits = table["split"].str.strip().str.lower() if "split" in table.columns else pd.Series(["train"] * len(table))
+    records = []
+    for i, (rel, name, split) in enumerate(zip(table["image"], names, splits)):
+        rel = rel.strip()
+        if split not in SPLIT_ORDER:
+            problems.append(f"line {line[i]}: split {split!r} is not train or test")
+            continue
+        if not _inside(rel):
+            problems.append(f"line {line[i]}: image {rel!r} is not a path inside {base}")
+            continue
+        image = base / rel
+        if not image.is_file():
+            problems.append(f"line {line[i]}: image {rel!r} not found in {base}")
+            continue
+        try:
+            _within(image, base, "csv", "image")
+        except DatasetFormatError as exc:
+            problems.append(f"line {line[i]}: {exc}")
+            continue
+        box = None
+        if has_box:
+            cells = [str(table[c].iat[i]).strip() for c in CSV_BOX]
+            if any(cells):
+                try:
+                    box = tuple(float(c) for c in cells)
+                except ValueError:
+                    problems.append(f"line {line[i]}: box {cells} is not four numbers")
+                    continue
+                try:
+                    with Image.open(image) as im:
+                        w, h = im.size
+                except Exception:  # noqa: BLE001 - an undecodable image is prepare's to reject, with its reason
+                    w = h = None
+                x0, y0, x1, y1 = box
+                if not (x0 < x1 and y0 < y1) or (w is not None and (x0 < 0 or y0 < 0 or x1 > w or y1 > h)):
+                    size = f"the {w}x{h} image" if w is not None else "the image"
+                    problems.append(f"line {line[i]}: box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies outside {size} "
+                                    f"{rel!r} (expected 0 <= x0 < x1 <= width, 0 <= y0 < y1 <= height)")
+                    continue
+        records.append(Record(image, PurePosixPath(rel).as_posix(), label_of[name], str(name), split, box))
+    _csv_errors(path, problems)
+    test_only = sorted({r.class_name for r in records if r.split == "test"}
+                       - {r.class_name for r in records if r.split == "train"})
+    if test_only:
+        raise DatasetFormatError(f"csv: {path}: the classes {test_only} have test images but no training image")
+    seen: dict[str, int] = {}
+    for i, r in enumerate(records):
+        if seen.setdefault(r.source, i) != i:
+            raise DatasetFormatError(f"csv: {path}: image {r.source!r} is listed twice")
+    records, dropped = _without_duplicates(records, "csv")
+    return Parsed(records, classes, dropped, (path,))
 
 
 # ----------------------------------------------------------------------- registry
@@ -265,11 +547,23 @@ SPECS: dict[str, DatasetSpec] = {
         "digits", "Cluttered digits", (("digits.csv.gz",),), True, None,
         "https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset (scikit-learn's handwritten "
         "digits)", synthetic=True),
+    "aircraft": DatasetSpec(
+        "aircraft", "FGVC-Aircraft", (("fgvc-aircraft-2013b.tar.gz",),), True, parse_aircraft,
+        "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/", options=("level",),
+        notes=("The bottom 20 px of every image (a copyright banner) are cut off, as the dataset's README asks.",),
+        images=10000, test_images=3333),
+    "imagefolder": DatasetSpec(
+        "imagefolder", "Your images (folders)", (), False, parse_imagefolder,
+        "https://pytorch.org/vision/stable/generated/torchvision.datasets.ImageFolder.html", user=True),
+    "csv": DatasetSpec(
+        "csv", "Your images (CSV)", (), False, parse_csv, "", user=True, options=("annotations",)),
 }
+NAMED = tuple(name for name, s in SPECS.items() if not s.user)  # datasets known by name: datasets.<name> reads them
 
 
-def spec(name: str) -> DatasetSpec:
+def spec(fmt: str) -> DatasetSpec:
+    """The spec of a format (a named dataset's format is its name)."""
     try:
-        return SPECS[name]
+        return SPECS[fmt]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(SPECS)}") from None
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(SPECS)}") from None

@@ -6,7 +6,9 @@ Output ``data/prepared/<name>/``:
   ``class_name``, ``split`` (train | val | test), ``x0, y0, x1, y1`` (object box
   in pixels of the stored image, empty where the dataset has none), ``source``
   (the original relative path inside the dataset), ``width``, ``height``;
-- ``classes.csv`` (``label, class_name``); ``rejected.csv`` (``source, reason``);
+- ``classes.csv`` (``label, class_name``); ``rejected.csv`` (``source, reason``): the images that
+  could not be decoded, and the copies of an identical file that a user's dataset lists more than once
+  (one copy is kept, its training copy first, so that no image is both trained and tested on);
 - ``images/``: RGB JPEGs whose shorter side is at most ``high_res`` (never upscaled, aspect
   kept; a 500x375 image stays as it is, 1024x512 becomes 896x448), so that the square
   ``high_res`` views of training and evaluation are cut from real pixels, not upsampled ones.
@@ -29,7 +31,6 @@ from tqdm import tqdm
 from ..config import Params
 from ..errors import UserError
 from . import digits as digits_mod
-from .datasets import spec
 from .splits import stratified_holdout
 from .transforms import target_size
 
@@ -46,17 +47,27 @@ class _Task:
     dst: str
     high_res: int
     quality: int
+    trim_bottom: int = 0
 
 
 def convert_image(task: _Task) -> tuple[tuple[int, int], tuple[int, int]] | str:
-    """Decode, convert to RGB, shrink to the stored size, save as JPEG: (original size, stored size) or the error."""
+    """Decode, cut ``trim_bottom`` rows, convert to RGB, shrink to the stored size, save as JPEG.
+
+    Returns (original size after the cut, stored size), or the error as text.
+    """
     try:
         with Image.open(task.src) as im:
-            w, h = im.size
+            w, full_h = im.size
+            h = full_h - task.trim_bottom
+            if h < 1:
+                return f"ValueError: {w}x{full_h} px leaves nothing once the bottom {task.trim_bottom} px are cut"
             nw, nh = target_size(w, h, task.high_res)
-            if (nw, nh) != (w, h):
-                im.draft(None, (nw, nh))  # JPEG: decode at a reduced DCT scale when it is >= 2x too big
+            if (nw, nh) != (w, h):  # JPEG: decode at a reduced DCT scale when it is >= 2x too big
+                im.draft(None, (nw, -(-nh * full_h // h)))
             rgb = im.convert("RGB")
+            if task.trim_bottom:
+                dw, dh = rgb.size  # the drafted size keeps the kept share of the rows
+                rgb = rgb.crop((0, 0, dw, max(1, round(dh * h / full_h))))
             if rgb.size != (nw, nh):
                 rgb = rgb.resize((nw, nh), Image.BICUBIC)
             rgb.save(task.dst, "JPEG", quality=task.quality)
@@ -89,13 +100,13 @@ def _pool_map(fn, tasks, workers: int, desc: str, progress: bool, initializer=No
 
 
 def _convert_dataset(name: str, raw: Path, tmp: Path, params: Params, progress: bool):
-    cfg, s = params.dataset(name), spec(name)
-    parsed = s.parse(raw)
+    cfg = params.dataset(name)
+    parsed = params.spec(name).parse(raw, params.options(name))
     tasks, dirs = [], set()
     for r in parsed.records:
         dst = tmp / _stored_name(r.source)
         dirs.add(dst.parent)
-        tasks.append(_Task(str(r.path), str(dst), cfg.high_res, params.prepare.jpeg_quality))
+        tasks.append(_Task(str(r.path), str(dst), cfg.high_res, params.prepare.jpeg_quality, r.trim_bottom))
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
     rows, rejected = [], []
@@ -112,7 +123,8 @@ def _convert_dataset(name: str, raw: Path, tmp: Path, params: Params, progress: 
             box = [round(float(np.clip(x0 * sx, 0, nw)), 2), round(float(np.clip(y0 * sy, 0, nh)), 2),
                    round(float(np.clip(x1 * sx, 0, nw)), 2), round(float(np.clip(y1 * sy, 0, nh)), 2)]
         rows.append([_stored_name(r.source), r.label, r.class_name, r.split, *box, r.source, nw, nh])
-    return rows, rejected, parsed.classes, len(parsed.records)
+    duplicates = [{"source": r.source, "reason": why} for r, why in parsed.dropped]
+    return rows, rejected, duplicates, parsed.classes, len(parsed.records), parsed.has_test
 
 
 _DIGITS: dict = {}
@@ -142,19 +154,21 @@ def _render_digits(name: str, raw: Path, tmp: Path, params: Params, progress: bo
     init = (images, labels, pools, cfg.high_res, cfg.synth, params.seed, tmp)
     rows = list(_pool_map(_digits_one, jobs, params.runtime.prepare_workers, "prepare digits", progress,
                           initializer=_digits_init, initargs=init))
-    return rows, [], list(digits_mod.CLASSES), len(rows)
+    return rows, [], [], list(digits_mod.CLASSES), len(rows), True
 
 
-def _assign_splits(table: pd.DataFrame, name: str, params: Params) -> pd.DataFrame:
-    cfg, s = params.dataset(name), spec(name)
-    if s.official_test and cfg.test_fraction > 0:
-        raise PrepareError(f"datasets.{name}.test_fraction must be 0: {s.title} has an official test split, "
+def _assign_splits(table: pd.DataFrame, name: str, params: Params, has_test: bool) -> pd.DataFrame:
+    cfg, s = params.dataset(name), params.spec(name)
+    official = has_test if s.user else s.official_test
+    what = f"{name} ({s.name} layout)" if s.user else s.title
+    if official and cfg.test_fraction > 0:
+        raise PrepareError(f"datasets.{name}.test_fraction must be 0: {what} has its own test split, "
                            f"got {cfg.test_fraction}")
-    if not s.official_test and cfg.test_fraction == 0:
-        raise PrepareError(f"datasets.{name}.test_fraction must be > 0: {s.title} has no labelled test split, "
+    if not official and cfg.test_fraction == 0:
+        raise PrepareError(f"datasets.{name}.test_fraction must be > 0: {what} has no labelled test split, "
                            "so the project holds out a seeded stratified part of its training images")
     table = table.sort_values("source", kind="stable").reset_index(drop=True)
-    if not s.official_test:
+    if not official:
         test = stratified_holdout(table["label"], cfg.test_fraction, params.seed, f"{name}-test")
         table.loc[test, "split"] = "test"
     train = np.flatnonzero(table["split"] == "train")
@@ -172,17 +186,17 @@ def prepare(name: str, params: Params, raw: str | Path, out: str | Path, *, prog
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        convert = _render_digits if spec(name).synthetic else _convert_dataset
-        rows, rejected, classes, total = convert(name, raw, tmp, params, progress)
+        convert = _render_digits if params.spec(name).synthetic else _convert_dataset
+        rows, rejected, duplicates, classes, total, has_test = convert(name, raw, tmp, params, progress)
         share = len(rejected) / max(total, 1)
         if share > params.prepare.max_rejected:
             examples = "; ".join(f"{r['source']}: {r['reason']}" for r in rejected[:3])
             raise PrepareError(f"{name}: {len(rejected)} of {total} images could not be decoded ({share:.1%} > "
                                f"prepare.max_rejected = {params.prepare.max_rejected:.1%}); e.g. {examples}")
-        table = _assign_splits(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), name, params)
+        table = _assign_splits(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), name, params, has_test)
         table.to_csv(tmp / "manifest.csv", index=False)
         pd.DataFrame({"label": range(len(classes)), "class_name": classes}).to_csv(tmp / "classes.csv", index=False)
-        pd.DataFrame(rejected, columns=["source", "reason"]).to_csv(tmp / "rejected.csv", index=False)
+        pd.DataFrame(rejected + duplicates, columns=["source", "reason"]).to_csv(tmp / "rejected.csv", index=False)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -195,4 +209,5 @@ def prepare(name: str, params: Params, raw: str | Path, out: str | Path, *, prog
         "images": int(len(table)),
         **{split: int(counts.get(split, 0)) for split in ("train", "val", "test")},
         "rejected": len(rejected),
+        **({"duplicates": len(duplicates)} if duplicates else {}),
     }

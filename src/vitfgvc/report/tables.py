@@ -1,4 +1,4 @@
-"""The paper's Tables 1-4 and the ablation table, from the pipeline's metrics.
+"""The paper's Tables 1-4, Table 5 (FGVC-Aircraft) and the tables of a user's own data and the ablations.
 
 The published rows come from ``published.yaml`` (one place, with its source).
 Under them come this run's measured rows: the ViT baseline and the multistage
@@ -22,7 +22,7 @@ from .. import labels
 from ..config import Params, flatten
 from ..data.datasets import SPECS
 
-DATASET_TITLES = {name: spec.title for name, spec in SPECS.items()}
+DATASET_TITLES = {name: spec.title for name, spec in SPECS.items() if not spec.user}
 MISSING = "—"
 NOT_MEASURED = "— : not measured in this run (its dataset or stage is not part of this profile)."
 STAGE_ROWS = [(labels.metric(s), labels.row(s)) for s in (*labels.PER_STAGE, "combined")]
@@ -85,12 +85,17 @@ def _signed(value) -> str:
 
 
 # ---------------------------------------------------------------- the tables
+def title_of(dataset: str) -> str:
+    """A named dataset's title; a user's dataset by its entry's name."""
+    return DATASET_TITLES.get(dataset, dataset)
+
+
 def table1(pub: dict, results: dict, datasets: list[str]) -> Table:
     rows, notes = [], []
     paper = {r["dataset"]: r for r in pub["table1"]}
     for d in datasets:
         p, m = paper.get(d, {}), results.get(f"prepare/{d}")
-        rows.append([p.get("name", DATASET_TITLES[d]),
+        rows.append([p.get("name", title_of(d)),
                      m and m["classes"], m and m["train"], m and m["val"], m and m["test"],
                      p.get("classes"), p.get("train"), p.get("test")])
         if p.get("note"):
@@ -107,7 +112,7 @@ def paper_table(key: str, pub: dict, results: dict) -> Table:
     ds = spec["datasets"]
     columns = ["Method", "Backbone"]
     for d in ds:
-        columns += [f"{DATASET_TITLES[d]} (%)", "Paper (%)", "Δ"]
+        columns += [f"{title_of(d)} (%)", "Paper (%)", "Δ"]
     rows = []
     paper_of = {}
     for r in spec["rows"]:
@@ -163,7 +168,7 @@ def ablation_table(dataset: str, variants: dict[str, dict], results: dict) -> Ta
              "`full` is the `multistage` stage's run.",
              "Accuracy (%) on the test split at the final epoch; Δ: combined accuracy minus that of `full`.",
              NOT_MEASURED + " A stage a variant switches off has no accuracy."]
-    return Table(f"ablation_{dataset}", f"Ablation on {DATASET_TITLES[dataset]} (accuracy, %)",
+    return Table(f"ablation_{dataset}", f"Ablation on {title_of(dataset)} (accuracy, %)",
                  ["Variant", "Differs from full in", *STAGE_COLUMNS, "Δ combined"], rows, notes=notes)
 
 
@@ -188,14 +193,64 @@ def digits_table(results: dict, variants: list[str]) -> Table:
                   "epochs", "s / epoch"], rows, notes=notes)
 
 
-def build_tables(results: dict, datasets: list[str], ablation: dict[str, dict[str, dict]]) -> list[Table]:
-    """``ablation``: dataset -> its variants (name -> the keys each changes, as ``ablation.variants``)."""
-    # Table 1, the paper tables whose datasets this profile runs, the ablations and the digits table
+def dataset_table(key: str, title: str, dataset: str, results: dict, published_rows: list[dict],
+                  notes: list[str]) -> Table:
+    """One dataset the paper's tables do not have: published rows, then the baseline and the multistage
+    model stage by stage (and the equal-time baseline where it ran), with the box metrics."""
+    rows = [[r["method"], r["backbone"], r["accuracy"], None, None, None] for r in published_rows]
+    section = len(rows)
+    base = results.get(f"{dataset}/baseline")
+    base_acc = base.get("accuracy") if base else None
+    ms = results.get(f"{dataset}/multistage")
+    measured = [("baseline", "accuracy", "ViT (baseline, full image)")]
+    if f"{dataset}/baseline_equal_time" in results:
+        measured.append(("baseline_equal_time", "accuracy", "ViT (baseline, the multistage model's wall-clock time)"))
+    measured += [("multistage", k, label) for k, label in STAGE_ROWS]
+    for run_key, metric, label in measured:
+        run = results.get(f"{dataset}/{run_key}")
+        acc = run.get(metric) if run else None
+        backbone = (run or base or ms or {}).get("backbone") or MISSING
+        box = run if run_key == "multistage" and metric == "accuracy" and run else {}
+        rows.append([label, backbone, acc, None if run_key == "baseline" else _delta(acc, base_acc),
+                     box.get("box_recall"), box.get("box_iou")])
+    notes = [*notes,
+             "Measured rows: the final epoch on the test split (never a best epoch); Δ = accuracy minus the "
+             "baseline's. Box recall: share of test images whose attention object box covers at least half of the "
+             "annotated box; box IoU: their mean IoU (\"—\" where the dataset has no boxes).",
+             NOT_MEASURED]
+    return Table(key, title, ["Method", "Backbone", "Accuracy (%)", "Δ vs baseline", "Box recall", "Box IoU"],
+                 rows, section, notes)
+
+
+def table5(pub: dict, results: dict, dataset: str) -> Table:
+    spec = pub["table5"]
+    key = "table5" if dataset == "aircraft" else f"table5_{dataset}"
+    return dataset_table(key, f"Table 5 (beyond the paper). {spec['caption']}", dataset, results, spec["rows"],
+                         [f"Published rows: {spec['source']}", *spec.get("notes", [])])
+
+
+def user_table(dataset: str, results: dict) -> Table:
+    return dataset_table(f"data_{dataset}", f"Your data ({dataset}): baseline vs multi-stage, per stage (accuracy, %)",
+                         dataset, results, [], [])
+
+
+def build_tables(results: dict, datasets: list[str], ablation: dict[str, dict[str, dict]],
+                 formats: dict[str, str] | None = None) -> list[Table]:
+    """``ablation``: dataset -> its variants (name -> the keys each changes, as ``ablation.variants``);
+    ``formats``: dataset -> its format (default: a named dataset's own; anything else is a user's data)."""
+    # Table 1, the paper tables whose datasets this profile runs, Table 5, the user's data, the ablations
+    # and the digits table
+    formats = {d: (formats or {}).get(d, d) for d in datasets}
     pub = published()
     tables = [table1(pub, results, datasets)]
     for key in ("table2", "table3", "table4"):
         if set(pub[key]["datasets"]) & set(datasets):
             tables.append(paper_table(key, pub, results))
+    for d in datasets:
+        if formats[d] == "aircraft":
+            tables.append(table5(pub, results, d))
+        elif formats[d] not in DATASET_TITLES:
+            tables.append(user_table(d, results))
     for d, variants in ablation.items():
         tables.append(ablation_table(d, variants, results))
     if "digits" in datasets:
