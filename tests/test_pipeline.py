@@ -256,9 +256,9 @@ def test_a_fresh_clone_is_a_dvc_project_with_the_paper_dag(tmp_path):
     assert (project.root / ".dvc/config").is_file() and (project.root / ".dvcignore").is_file()
     stages = sorted(json.loads(project.dvc("status", "--json").stdout))  # every stage: nothing has run yet
     assert stages == every_stage("params.yaml")
-    assert len([s for s in stages if s.startswith(("baseline@", "multistage@"))]) == 8
+    assert len([s for s in stages if s.startswith(("baseline@", "multistage@"))]) == 10  # 4 datasets + Aircraft
     assert len([s for s in stages if s.startswith("ablate@dogs-")]) == 9
-    assert len([s for s in stages if s.startswith("evaluate")]) == 8 + 9
+    assert len([s for s in stages if s.startswith("evaluate")]) == 10 + 9
     dry = project.dvc("repro", "--dry", "--force").stdout  # --force: see the README on plain --dry
     assert sorted(re.findall(r"^Running stage '([^']+)'", dry, re.M)) == stages
     assert not (project.root / "dvc.lock").exists()
