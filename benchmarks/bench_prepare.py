@@ -25,7 +25,7 @@ from PIL import Image
 
 from vitfgvc.config import Params
 from vitfgvc.data.prepare import prepare
-from vitfgvc.data.transforms import target_size
+from vitfgvc.images import target_size
 
 
 def make_cub_tree(root: Path, n: int, size=(500, 375), seed: int = 0) -> list[Path]:

@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from vitfgvc.data.extract import UnsafeArchiveError, extract
+from vitfgvc.data.extract import ArchiveError, Limits, UnsafeArchiveError, extract
 
 
 def _tar(path, members, mode="w:gz"):
@@ -102,3 +102,75 @@ def test_not_an_archive(tmp_path):
     path.write_text("not an archive")
     with pytest.raises(ValueError, match="not a tar or zip"):
         extract(path, tmp_path / "out", progress=False)
+
+
+def _outside(tmp_path):
+    return sorted(p.name for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+def test_a_name_listed_twice_is_refused(tmp_path, kind):
+    if kind == "tar":
+        archive = _tar(tmp_path / "a.tgz", [_file("d/x.txt", b"first"), _file("d/x.txt", b"second")])
+    else:
+        archive = tmp_path / "a.zip"
+        with zipfile.ZipFile(archive, "w") as zf, pytest.warns(UserWarning, match="Duplicate name"):
+            zf.writestr("d/x.txt", b"first")
+            zf.writestr("d/x.txt", b"second")
+    with pytest.raises(UnsafeArchiveError, match=r"refusing member 'd/x.txt': listed twice"):
+        extract(archive, tmp_path / "out", progress=False)
+
+
+def test_device_files_are_refused(tmp_path):
+    dev = tarfile.TarInfo("dev/null")
+    dev.type, dev.devmajor, dev.devminor = tarfile.CHRTYPE, 1, 3
+    with pytest.raises(UnsafeArchiveError, match=r"refusing member 'dev/null'"):
+        extract(_tar(tmp_path / "a.tgz", [(dev, None)]), tmp_path / "out", progress=False)
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        info = zipfile.ZipInfo("fifo")
+        info.external_attr = (stat.S_IFIFO | 0o644) << 16
+        zf.writestr(info, b"")
+    with pytest.raises(UnsafeArchiveError, match=r"refusing member 'fifo': a device or special file"):
+        extract(archive, tmp_path / "zout", progress=False)
+
+
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+def test_a_bomb_is_refused_before_its_member_is_written(tmp_path, kind):
+    zeros = b"\0" * (4 << 20)  # 4 MiB that compress to a few KiB
+    limits = Limits(max_ratio=50, ratio_after=1 << 20)
+    if kind == "tar":
+        archive = _tar(tmp_path / "bomb.tgz", [_file("ok.txt", b"fine"), _file("zeros.bin", zeros)])
+    else:
+        archive = tmp_path / "bomb.zip"
+        with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("ok.txt", b"fine")
+            zf.writestr("zeros.bin", zeros)
+    assert archive.stat().st_size < 64 << 10
+    with pytest.raises(UnsafeArchiveError, match=r"refusing member 'zeros.bin': .* unpack to more than .*a zip bomb"):
+        extract(archive, tmp_path / "out", progress=False, limits=limits)
+    assert not (tmp_path / "out/zeros.bin").exists()
+    with pytest.raises(UnsafeArchiveError, match=r"'zeros.bin': the archive unpacks to more than 1,048,576 bytes"):
+        extract(archive, tmp_path / "out2", progress=False, limits=Limits(max_bytes=1 << 20))
+    assert extract(archive, tmp_path / "out3", progress=False) == 2  # the defaults let 4 MiB through
+
+
+def test_a_zip_member_longer_than_declared_is_not_written_past_its_size(tmp_path):
+    archive = tmp_path / "liar.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("a.txt", b"A" * 1000)
+    data = bytearray(archive.read_bytes())
+    central = data.rindex(b"PK\x01\x02")  # the central directory's uncompressed size: 1000 -> 10
+    data[central + 24:central + 28] = (10).to_bytes(4, "little")
+    archive.write_bytes(bytes(data))
+    with pytest.raises(ArchiveError, match=r"liar.zip"):
+        extract(archive, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out/a.txt").exists() or (tmp_path / "out/a.txt").stat().st_size <= 10
+
+
+def test_a_truncated_archive_is_named(tmp_path):
+    archive = _tar(tmp_path / "a.tgz", [_file(f"f{i}.bin", bytes(range(256)) * 64) for i in range(8)])
+    cut = tmp_path / "cut.tgz"
+    cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(ArchiveError, match=r"cut.tgz: damaged or truncated archive"):
+        extract(cut, tmp_path / "out", progress=False)

@@ -281,3 +281,17 @@ def test_every_profile_names_the_format_of_every_dataset():
         assert {name: entry.format for name, entry in params.datasets.items()} == {
             "cub": "cub", "dogs": "dogs", "cars": "cars", "plant": "plant", "digits": "digits",
             "aircraft": "aircraft", "mydata": "imagefolder"}, profile
+
+
+def test_a_named_datasets_folder_with_a_link_leading_out_is_refused(tmp_path):
+    import tarfile as tf
+
+    fx = write_aircraft(tmp_path / "fx", per_class=2)
+    with tf.open(fx.files["fgvc-aircraft-2013b.tar.gz"]) as tar:
+        tar.extractall(tmp_path / "tree", filter="data")
+    (tmp_path / "secret.txt").write_text("outside")
+    os.symlink(tmp_path / "secret.txt", tmp_path / "tree/fgvc-aircraft-2013b/notes.txt")
+    params = _params(**{"datasets.aircraft.path": str(tmp_path / "tree")})
+    with pytest.raises(SourceError, match=r"datasets.aircraft.path: .*notes.txt is a link leading outside"):
+        acquire("aircraft", params.dataset("aircraft"), params.runtime.download, tmp_path / "raw", progress=False)
+    assert not (tmp_path / "raw").exists()

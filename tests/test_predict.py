@@ -102,11 +102,42 @@ def test_unreadable_files_are_reported_and_the_rest_processed(trained, tmp_path)
     assert proc.returncode == 1
     results = {Path(r["image"]).name: r for r in json.loads(proc.stdout)}
     assert "top_k" in results["good.jpg"]
-    assert "not an image" in results["notes.jpg"]["error"]
+    assert "not an image format" in results["notes.jpg"]["error"]
     assert "cannot decode" in results["broken.jpg"]["error"]
     assert "no such file" in results["missing.jpg"]["error"]
     for name in ("notes.jpg", "broken.jpg", "missing.jpg"):
         assert f"{name}: " in proc.stderr
+
+
+def test_a_decompression_bomb_is_reported_and_the_other_images_classified(trained, tmp_path):
+    """A 20000 x 20000 PNG (a real one, a few hundred KB) beside a photo: the bomb is refused by name, the photo classified."""
+    Image.new("1", (20_000, 20_000)).save(tmp_path / "huge.png")
+    shutil.copy(next((trained.data / "images").rglob("*.jpg")), tmp_path / "other.jpg")
+    proc = run_cli("predict", str(trained.model_dir), str(tmp_path / "huge.png"), str(tmp_path / "other.jpg"), "--json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    results = {Path(r["image"]).name: r for r in json.loads(proc.stdout)}
+    assert "top_k" in results["other.jpg"]
+    assert "20000x20000 = 400,000,000 pixels, more than the limit of 89,478,485" in results["huge.png"]["error"]
+    raised = run_cli("predict", str(trained.model_dir), str(tmp_path / "other.jpg"), "--max-pixels", "100")
+    assert raised.returncode == 1 and "more than the limit of 100" in raised.stderr
+
+
+def test_predict_reports_or_classifies_every_file_of_a_hostile_corpus(trained, tmp_path):
+    from vitfgvc.cli import predict
+
+    from .fixtures.corpus import write_corpus
+
+    samples = write_corpus(tmp_path / "corpus", 500)
+    results = predict(str(trained.model_dir), [str(s.path) for s in samples], top_k=1, progress=False)
+    assert [r.image for r in results] == [str(s.path) for s in samples]
+    failed = [r for r in results if r.error is not None]
+    assert all(r.error for r in failed) and all(len(r.top_k) == 1 for r in results if r.error is None)
+    for s, r in zip(samples, results):
+        if s.kind.startswith("valid:"):
+            assert r.error is None, (s.kind, r.error)
+        if s.kind.startswith(("huge_", "zero_bytes", "not_an_image")):
+            assert r.error, s.kind
+    assert len(failed) > 100 and len(results) - len(failed) > 100
 
 
 def test_a_baseline_directory_predicts_its_one_stage(workspace, tmp_path, torch_state, capsys):

@@ -11,7 +11,7 @@ from vitfgvc.data.acquire import acquire
 from vitfgvc.data.datasets import DatasetFormatError, parse_cars
 from vitfgvc.data.extract import extract
 from vitfgvc.data.prepare import MANIFEST_COLUMNS, PrepareError, prepare
-from vitfgvc.data.transforms import target_size
+from vitfgvc.images import target_size
 
 from .conftest import smoke_params
 from .fixtures import write_aircraft, write_cars, write_cub, write_dogs, write_plant

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import labels
+from .images import MAX_PIXELS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
@@ -61,17 +62,13 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[Prediction]]:
     return paths, failed
 
 
-def _read(path: Path):
-    from PIL import Image, UnidentifiedImageError
+def _read(path: Path, max_pixels: int, fit: int | None):
+    from .images import ImageRejected, open_rgb
 
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB"), None
-    except UnidentifiedImageError:
-        return None, "not an image PIL can read (JPEG, PNG, WebP expected)"
-    except (OSError, ValueError, SyntaxError) as exc:
-        return None, f"cannot decode: {exc}"
+        return open_rgb(path, max_pixels=max_pixels, fit=fit)[0], None
+    except ImageRejected as exc:
+        return None, str(exc)
 
 
 def _top(probs, classes: list[str], labels) -> list[dict]:
@@ -79,7 +76,8 @@ def _top(probs, classes: list[str], labels) -> list[dict]:
 
 
 def predict(model_dir: str, inputs: list[str], *, top_k: int = 5, explain: str | None = None,
-            device: str = "auto", batch_size: int = 16, progress: bool | None = None) -> list[Prediction]:
+            device: str = "auto", batch_size: int = 16, progress: bool | None = None,
+            max_pixels: int | None = None) -> list[Prediction]:
     import torch
     from tqdm import tqdm
 
@@ -102,7 +100,7 @@ def predict(model_dir: str, inputs: list[str], *, top_k: int = 5, explain: str |
         chunk = paths[start:start + batch_size]
         images, ok = [], []
         for path in chunk:
-            img, error = _read(path)
+            img, error = _read(path, max_pixels or MAX_PIXELS, loaded.cfg.high_res)
             if error:
                 results.append(Prediction(str(path), error=error))
             else:
@@ -172,15 +170,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help=f"refuse an image that declares more pixels, before decoding it (default {MAX_PIXELS:,}, PIL's)")
     args = parser.parse_args(argv)
     if args.top_k < 1:
         parser.error(f"--top-k must be at least 1, got {args.top_k}")
+    if args.max_pixels < 1:
+        parser.error(f"--max-pixels must be at least 1, got {args.max_pixels}")
 
     from .errors import UserError
 
     try:
         results = predict(args.model_dir, args.inputs, top_k=args.top_k, explain=args.explain, device=args.device,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, max_pixels=args.max_pixels)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -102,6 +102,8 @@ class SynthConfig(Section):
 class PrepareSection(Section):
     jpeg_quality: Annotated[int, _in(1, 100)] = 95
     max_rejected: Unit = 0.01
+    max_pixels: PosInt = Field(default=89_478_485, description="an image declaring more pixels is rejected before "
+                               "it is decoded (a decompression bomb); PIL's default limit")
 
 
 class DownloadSection(Section):
@@ -113,6 +115,9 @@ class DownloadSection(Section):
     chunk_mib: PosInt = 4
     kaggle_api: str = "https://www.kaggle.com/api/v1"
     cache_dir: str = "data/downloads"
+    max_unpacked_gib: PosFloat = Field(default=200.0, description="an archive unpacking to more is refused")
+    max_unpack_ratio: PosFloat = Field(default=100.0, description="an archive unpacking to more than this many "
+                                       "times its size (past 64 MiB) is refused: a zip bomb")
 
 
 # fastai's one-cycle (torch's OneCycleLR), or a per-step timm scheduler (not "plateau": it needs a metric)

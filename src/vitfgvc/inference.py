@@ -15,7 +15,7 @@ from PIL import Image
 
 from .config import ParamsError, RunConfig
 from .data.loader import eval_image, read_classes
-from .data.transforms import target_size
+from .images import target_size
 from .errors import UserError
 from .multistage import Baseline, MultiStage, build
 

@@ -10,6 +10,7 @@ it is complete and parses.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from ..config import DatasetConfig, DownloadSection
 from ..errors import UserError
 from .datasets import DatasetFormatError, DatasetSpec, FormatOptions, Parsed, spec
 from .download import Checksums, fetch, fetch_kaggle, file_hashes
-from .extract import extract, is_archive
+from .extract import Limits, extract, is_archive
 
 
 class SourceError(UserError, RuntimeError):
@@ -50,17 +51,21 @@ def _known_checksums(cfg: DatasetConfig) -> dict[str, Checksums]:
     return known
 
 
-def _unpack(files: list[Path], dest: Path, s: DatasetSpec, progress: bool) -> None:
+def limits_of(dl: DownloadSection) -> Limits:
+    return Limits(max_bytes=int(dl.max_unpacked_gib * 2**30), max_ratio=dl.max_unpack_ratio)
+
+
+def _unpack(files: list[Path], dest: Path, s: DatasetSpec, progress: bool, limits: Limits) -> None:
     """Extract archives into ``dest``; copy the other original files (e.g. ``.mat``) as they are."""
     for f in files:
         if is_archive(f):
-            extract(f, dest, progress=progress)
+            extract(f, dest, progress=progress, limits=limits)
         else:
             shutil.copy2(f, dest / f.name)
     # Mirrors sometimes wrap the original archives in one more zip: unpack those too.
     originals = {n for p in s.packagings for n in p}
     for inner in sorted(p for p in dest.rglob("*") if p.name in originals and p.is_file() and is_archive(p)):
-        extract(inner, inner.parent, progress=progress)
+        extract(inner, inner.parent, progress=progress, limits=limits)
         inner.unlink()
 
 
@@ -73,7 +78,18 @@ def _copy_used(parsed: Parsed, root: Path, tmp: Path) -> None:
         shutil.copy2(path, dst)
 
 
-def _from_path(s: DatasetSpec, cfg: DatasetConfig, name: str, tmp: Path, progress: bool) -> str:
+def _no_links_out(root: Path, name: str) -> None:
+    """Refuse a dataset folder holding a symlink that leads outside it (its target would be copied in)."""
+    real = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for entry in (*dirnames, *filenames):
+            path = Path(dirpath, entry)
+            if path.is_symlink() and not path.resolve().is_relative_to(real):
+                raise SourceError(f"datasets.{name}.path: {path} is a link leading outside {root} (to "
+                                  f"{path.resolve()}); copy the file into the folder instead")
+
+
+def _from_path(s: DatasetSpec, cfg: DatasetConfig, name: str, tmp: Path, progress: bool, limits: Limits) -> str:
     root = Path(cfg.path).expanduser()
     if not root.is_dir():
         expected = f"your images in the {s.name} layout" if s.user else \
@@ -94,13 +110,14 @@ def _from_path(s: DatasetSpec, cfg: DatasetConfig, name: str, tmp: Path, progres
             for f in files:
                 if f.name in known:
                     known[f.name].verify(f)
-            _unpack(files, tmp, s, progress)
+            _unpack(files, tmp, s, progress, limits)
             return f"original files in {root}"
     try:
         s.parse(root, opts)
     except DatasetFormatError as exc:
         raise SourceError(f"datasets.{name}.path: {root} holds neither {' + '.join(s.packagings[0])} "
                           f"nor their extracted tree ({exc})") from None
+    _no_links_out(root, name)
     shutil.copytree(root, tmp, dirs_exist_ok=True)
     return f"extracted tree in {root}"
 
@@ -116,7 +133,7 @@ def _from_http(s: DatasetSpec, cfg: DatasetConfig, name: str, dl: DownloadSectio
             tqdm.write(f"{u.file}: no checksum in params; sha256 {file_hashes(path)['sha256']} "
                        f"(add it under datasets.{name}.urls to pin the file)")
         files.append(path)
-    _unpack(files, tmp, s, progress)
+    _unpack(files, tmp, s, progress, limits_of(dl))
     return ", ".join(u.url for u in cfg.urls)
 
 
@@ -127,7 +144,7 @@ def _from_kaggle(s: DatasetSpec, cfg: DatasetConfig, name: str, dl: DownloadSect
                         dataset=k.dataset, checksums=Checksums(k.sha256, k.md5), ways_out=ways_out(s, name),
                         retries=dl.retries, backoff=dl.backoff, timeout=dl.timeout,
                         chunk_size=dl.chunk_mib << 20, progress=progress)
-    _unpack([path], tmp, s, progress)
+    _unpack([path], tmp, s, progress, limits_of(dl))
     return f"kaggle {'competition ' + k.competition if k.competition else 'dataset ' + k.dataset}"
 
 
@@ -156,7 +173,7 @@ def acquire(name: str, cfg: DatasetConfig, dl: DownloadSection, out: str | Path,
         if s.synthetic:
             origin = _from_package(s, cfg, tmp)
         elif cfg.path:
-            origin = _from_path(s, cfg, name, tmp, progress)
+            origin = _from_path(s, cfg, name, tmp, progress, limits_of(dl))
         elif cfg.urls:
             origin = _from_http(s, cfg, name, dl, tmp, progress)
         elif cfg.kaggle:

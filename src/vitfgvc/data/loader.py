@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from ..config import TransformSection
 from ..errors import UserError
+from ..images import ImageRejected, open_rgb
 from .transforms import eval_view, train_view
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -131,8 +132,11 @@ class ManifestDataset(Dataset):
         self.epoch = epoch
 
     def __getitem__(self, index: int):
-        with Image.open(self.paths[index]) as im:
-            img = im.convert("RGB")
+        try:
+            img, _ = open_rgb(self.paths[index])
+        except ImageRejected as exc:  # prepare wrote and decoded it: the file changed since
+            raise ManifestError(f"{self.paths[index]}: {exc} (run the prepare stage again: "
+                                "dvc repro -f prepare@<dataset>)") from None
         w, h = img.size
         box_xyxy = torch.tensor(self.boxes[index] * (w, h, w, h), dtype=torch.float32)
         g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, index))

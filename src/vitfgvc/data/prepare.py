@@ -30,9 +30,9 @@ from tqdm import tqdm
 
 from ..config import Params
 from ..errors import UserError
+from ..images import MAX_PIXELS, ImageRejected, open_rgb
 from . import digits as digits_mod
 from .splits import stratified_holdout
-from .transforms import target_size
 
 MANIFEST_COLUMNS = ["image", "label", "class_name", "split", "x0", "y0", "x1", "y1", "source", "width", "height"]
 
@@ -48,32 +48,24 @@ class _Task:
     high_res: int
     quality: int
     trim_bottom: int = 0
+    max_pixels: int = MAX_PIXELS
 
 
 def convert_image(task: _Task) -> tuple[tuple[int, int], tuple[int, int]] | str:
-    """Decode, cut ``trim_bottom`` rows, convert to RGB, shrink to the stored size, save as JPEG.
+    """Decode (:func:`vitfgvc.images.open_rgb`: the pixel limit, the bottom cut, EXIF orientation, RGB), shrink
+    to the stored size, save as JPEG: (original size after the cut, stored size), or the reason it was rejected.
 
-    Returns (original size after the cut, stored size), or the error as text.
+    A rejected image leaves no file behind.
     """
     try:
-        with Image.open(task.src) as im:
-            w, full_h = im.size
-            h = full_h - task.trim_bottom
-            if h < 1:
-                return f"ValueError: {w}x{full_h} px leaves nothing once the bottom {task.trim_bottom} px are cut"
-            nw, nh = target_size(w, h, task.high_res)
-            if (nw, nh) != (w, h):  # JPEG: decode at a reduced DCT scale when it is >= 2x too big
-                im.draft(None, (nw, -(-nh * full_h // h)))
-            rgb = im.convert("RGB")
-            if task.trim_bottom:
-                dw, dh = rgb.size  # the drafted size keeps the kept share of the rows
-                rgb = rgb.crop((0, 0, dw, max(1, round(dh * h / full_h))))
-            if rgb.size != (nw, nh):
-                rgb = rgb.resize((nw, nh), Image.BICUBIC)
-            rgb.save(task.dst, "JPEG", quality=task.quality)
-        return (w, h), (nw, nh)
-    except Exception as exc:  # any decoder failure rejects the image, with its reason
-        return f"{type(exc).__name__}: {exc}"
+        rgb, size = open_rgb(task.src, max_pixels=task.max_pixels, fit=task.high_res, trim_bottom=task.trim_bottom)
+        rgb.save(task.dst, "JPEG", quality=task.quality)
+        return size, rgb.size
+    except ImageRejected as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - an encoder or disk failure rejects the image, with its reason
+        Path(task.dst).unlink(missing_ok=True)
+        return f"cannot store: {type(exc).__name__}: {exc}"
 
 
 def _stored_name(source: str) -> str:
@@ -106,7 +98,8 @@ def _convert_dataset(name: str, raw: Path, tmp: Path, params: Params, progress: 
     for r in parsed.records:
         dst = tmp / _stored_name(r.source)
         dirs.add(dst.parent)
-        tasks.append(_Task(str(r.path), str(dst), cfg.high_res, params.prepare.jpeg_quality, r.trim_bottom))
+        tasks.append(_Task(str(r.path), str(dst), cfg.high_res, params.prepare.jpeg_quality, r.trim_bottom,
+                           params.prepare.max_pixels))
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
     rows, rejected = [], []

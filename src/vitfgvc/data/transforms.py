@@ -39,12 +39,6 @@ BILINEAR = InterpolationMode.BILINEAR
 LOGIT_EPS = 1e-7  # fastai's logit clamps to [1e-7, 1 - 1e-7]
 
 
-def target_size(w: int, h: int, high_res: int) -> tuple[int, int]:
-    """The stored size (prepare, and predict on a user's image) of a ``w`` x ``h`` image: the shorter side shrunk to ``high_res``, never enlarged."""
-    scale = min(1.0, high_res / min(w, h))
-    return max(1, round(w * scale)), max(1, round(h * scale))
-
-
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """RGB PIL image -> ``[3, H, W]`` float in [0, 1]."""
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
