@@ -27,6 +27,7 @@ import yaml
 
 from vitfgvc.config import Params
 from vitfgvc.data.loader import NUM_DRAWS
+from vitfgvc.devices import keep_freed_memory
 from vitfgvc.multistage import build
 from vitfgvc.optim import build_optimizer, start_phase
 from vitfgvc.training import Phase, loss_of
@@ -47,6 +48,7 @@ def measure(batch: int = 8, repeats: int = 5, warmup: int = 1, threads: int | No
             name: str = "vit_small_patch16_224", img_size: int = 224, high_res: int = 256,
             kwargs: dict | None = None, classes: int = 200) -> dict:
     """Seconds per training step (median, min, max) of baseline and multistage, and their ratios."""
+    keep_freed_memory()  # as vitfgvc.training.train does on a CPU
     if threads:
         torch.set_num_threads(threads)
     kwargs = kwargs or {}

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from .config import RunConfig, RuntimeSection
 from .data.loader import EpochBatches, Manifest, ManifestDataset
-from .devices import Dist, autocast_for, device_for, make_loader, peak_memory_mib
+from .devices import Dist, autocast_for, device_for, keep_freed_memory, make_loader, peak_memory_mib
 from .errors import UserError
 from .inference import CLASSES, CONFIG, TRAINING_SUMMARY, WEIGHTS
 from .io import atomic_write_bytes, write_json, write_text
@@ -349,6 +349,8 @@ def train(cfg: RunConfig, runtime: RuntimeSection, paths: RunPaths, *, stage: st
     if d.world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     device = device_for(d)
+    if device.type == "cpu":
+        keep_freed_memory()  # each step's activations reuse the last step's memory
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
     if cfg.train.deterministic:
