@@ -426,11 +426,6 @@ class Params(Section):
         cfg = self.dataset(name)
         return FormatOptions.of(cfg.format, cfg.options)
 
-    def title(self, name: str) -> str:
-        """As the reports print the dataset: a named one's title, a user's entry by its name."""
-        s = self.spec(name)
-        return name if s.user else s.title
-
     def run_config(self, dataset: str, model: str, variant: str | None = None) -> "RunConfig":
         """The resolved configuration of one training run."""
         if model not in MODELS:

@@ -8,10 +8,15 @@ from pathlib import Path
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
+    """Write ``data`` to a temporary file beside ``path``, then rename it into place.
+
+    The temporary name is fixed (``.<name>.tmp``): a writer killed before the rename
+    leaves it behind, and the next write of the same file replaces it, so a killed
+    stage never leaves a stray file in an output folder once it has run again.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
