@@ -10,7 +10,7 @@ re-runs what changed, and a killed run resumes.
 
     python benchmarks/profiles.py smoke      # CI's pipeline: miniature archives, a tiny ViT (about 7 min on 2 cores)
     python benchmarks/profiles.py cpu        # the CPU benchmark on cluttered digits (about 25 min on 2 cores)
-    python benchmarks/profiles.py rehearsal  # the paper's DAG at full size, a step per phase: reports/rehearsal.md (about 20 min)
+    python benchmarks/profiles.py rehearsal  # the paper's DAG at full size, a step per phase: reports/rehearsal.md (about 25 min)
 
 The test suite's pipeline tests build their copies with :func:`sync`, as this command does.
 (Not ``profile.py``: with this folder first on ``sys.path``, that name would shadow the standard

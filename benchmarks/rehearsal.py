@@ -1,7 +1,7 @@
 """The paper profile rehearsed at full size, and what the real run will cost.
 
 ``python benchmarks/profiles.py rehearsal`` runs the paper's DAG (``params.yaml``: all
-four datasets, both models, every ablation, the evaluations, figures and tables)
+five datasets, both models, every ablation, the evaluations, figures and tables)
 unchanged but for what this module's :func:`derive_params` sets:
 
 - each dataset read from local archives in its exact original format, with images at
