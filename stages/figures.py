@@ -7,7 +7,6 @@ attention, and the part crops.
 """
 
 import argparse
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from vitfgvc.config import load_params
 from vitfgvc.data.loader import Manifest, ManifestDataset
 from vitfgvc.errors import run_main
 from vitfgvc.inference import load_model_dir
+from vitfgvc.io import replacing_dir
 from vitfgvc.viz import erase_threshold, explain_items, grid_figure, select
 
 
@@ -31,14 +31,11 @@ def main() -> None:
     picks = np.linspace(0, len(test) - 1, min(params.figures.images, len(test))).round().astype(int)
     images, result, titles = explain_items(loaded.model, test, picks, loaded.classes)
     out = Path(params.report.dir) / "figures" / args.dataset
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for k, title in enumerate(titles):
-        fig = grid_figure(images[k:k + 1], select(result, k), [title], erase_threshold=erase_threshold(loaded.cfg))
-        fig.savefig(tmp / f"{k + 1}.png", dpi=params.figures.dpi)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with replacing_dir(out) as tmp:
+        for k, title in enumerate(titles):
+            fig = grid_figure(images[k:k + 1], select(result, k), [title],
+                              erase_threshold=erase_threshold(loaded.cfg))
+            fig.savefig(tmp / f"{k + 1}.png", dpi=params.figures.dpi)
     print(f"figures@{args.dataset}: {len(titles)} PNGs in {out}/")
 
 

@@ -102,6 +102,7 @@ class SynthConfig(Section):
 class PrepareSection(Section):
     jpeg_quality: Annotated[int, _in(1, 100)] = 95
     max_rejected: Unit = 0.01
+    # PIL's limit, as vitfgvc.images.MAX_PIXELS (not imported: every stage reads this schema, few decode images)
     max_pixels: PosInt = Field(default=89_478_485, description="an image declaring more pixels is rejected before "
                                "it is decoded (a decompression bomb); PIL's default limit")
 

@@ -10,7 +10,6 @@ where the dataset has object boxes, how well the attention's object box finds th
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from .config import RuntimeSection
 from .data.loader import Manifest, ManifestDataset
 from .devices import autocast_for, device_for, make_loader, peak_memory_mib
 from .inference import TRAINING_SUMMARY, load_model_dir
-from .io import write_json
+from .io import replacing_dir, write_json
 from .predictions import Predictions, predict
 from .tracking import RunNotFound
 
@@ -118,7 +117,8 @@ def evaluate_model(model_dir: Path, data: Path, out_dir: Path, metrics_path: Pat
     ``out_dir`` gets the test predictions, per-class accuracy, the confusion matrix (CSV and
     PNG) and a sample attention figure, written beside it and renamed into place when
     complete; ``metrics_path`` the metrics JSON the tables read: the test metrics and the
-    training's summary (``auc``: also the mean column-wise ROC AUC). With ``tracker_factory`` the metrics and figures are logged to the
+    training's summary (``auc``: also the mean column-wise ROC AUC). With ``tracker_factory`` the metrics and
+    figures are logged to the
     training's own MLflow run (a new run where that one is not in the store, e.g. a model
     fetched with ``dvc pull`` from another machine).
     """
@@ -144,17 +144,14 @@ def evaluate_model(model_dir: Path, data: Path, out_dir: Path, metrics_path: Pat
         raise
     seconds = time.perf_counter() - start
 
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    prediction_table(test, test_ds, classes).to_csv(tmp / "predictions.csv", index=False)
-    per_class(test, classes).to_csv(tmp / "per_class.csv", index=False)
-    cm = confusion(test, classes)
-    cm.to_csv(tmp / "confusion.csv")
-    viz.confusion_figure(cm, title=cfg.run_name).savefig(tmp / "confusion.png", dpi=100)
-    viz.sample_figure(loaded.model, test_ds, classes, n=min(4, len(images))).savefig(tmp / "attention.png", dpi=100)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    with replacing_dir(out_dir) as tmp:
+        prediction_table(test, test_ds, classes).to_csv(tmp / "predictions.csv", index=False)
+        per_class(test, classes).to_csv(tmp / "per_class.csv", index=False)
+        cm = confusion(test, classes)
+        cm.to_csv(tmp / "confusion.csv")
+        viz.confusion_figure(cm, title=cfg.run_name).savefig(tmp / "confusion.png", dpi=100)
+        viz.sample_figure(loaded.model, test_ds, classes, n=min(4, len(images))).savefig(tmp / "attention.png",
+                                                                                          dpi=100)
 
     result = {"dataset": cfg.dataset, "model": cfg.model, "variant": cfg.variant, "backbone": cfg.backbone.name,
               **metrics(test, classes, auc=auc),

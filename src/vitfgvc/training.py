@@ -38,7 +38,7 @@ from .data.loader import EpochBatches, Manifest, ManifestDataset
 from .devices import Dist, autocast_for, device_for, keep_freed_memory, make_loader, peak_memory_mib
 from .errors import UserError
 from .inference import CLASSES, CONFIG, TRAINING_SUMMARY, WEIGHTS
-from .io import atomic_write_bytes, write_json, write_text
+from .io import atomic_write_bytes, replacing_dir, write_json, write_text
 from .multistage import build, joint_loss
 from .optim import build_optimizer, start_phase
 from .predictions import Predictions, predict
@@ -456,16 +456,12 @@ def _write_outputs(state: TrainState, ctx: Context, classes: list[str]) -> dict:
                "peak_memory_mib": round(peak, 1), "memory": memory,
                "limit_steps": ctx.runtime.limit_steps or None,
                "hardware": hardware(), "mlflow_run_id": state.mlflow_run_id}
-    tmp = paths.model_dir.with_name(f".{paths.model_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.model.net.state_dict().items()},
-              str(tmp / WEIGHTS))
-    write_text(tmp / CONFIG, cfg.to_yaml())
-    pd.DataFrame({"label": range(len(classes)), "class_name": classes}).to_csv(tmp / CLASSES, index=False)
-    write_json(tmp / TRAINING_SUMMARY, summary)
-    shutil.rmtree(paths.model_dir, ignore_errors=True)
-    tmp.rename(paths.model_dir)
+    with replacing_dir(paths.model_dir) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.model.net.state_dict().items()},
+                  str(tmp / WEIGHTS))
+        write_text(tmp / CONFIG, cfg.to_yaml())
+        pd.DataFrame({"label": range(len(classes)), "class_name": classes}).to_csv(tmp / CLASSES, index=False)
+        write_json(tmp / TRAINING_SUMMARY, summary)
     write_text(paths.history, pd.DataFrame(history).to_csv(index=False))
     if ctx.tracker is not None:
         ctx.tracker.log_artifact(paths.model_dir / CONFIG)

@@ -18,8 +18,9 @@ from tqdm import tqdm
 
 from ..config import DatasetConfig, DownloadSection
 from ..errors import UserError
+from ..io import file_hashes, replacing_dir
 from .datasets import DatasetFormatError, DatasetSpec, FormatOptions, Parsed, spec
-from .download import Checksums, fetch, fetch_kaggle, file_hashes
+from .download import Checksums, fetch, fetch_kaggle
 from .extract import Limits, extract, is_archive
 
 
@@ -89,20 +90,21 @@ def _no_links_out(root: Path, name: str) -> None:
                                   f"{path.resolve()}); copy the file into the folder instead")
 
 
-def _from_path(s: DatasetSpec, cfg: DatasetConfig, name: str, tmp: Path, progress: bool, limits: Limits) -> str:
+def _from_path(s: DatasetSpec, cfg: DatasetConfig, name: str, opts: FormatOptions, tmp: Path, progress: bool,
+               limits: Limits) -> tuple[str, Parsed | None]:
+    """Copy or unpack the files under ``cfg.path``; also the parse of them when it was needed to check them."""
     root = Path(cfg.path).expanduser()
     if not root.is_dir():
         expected = f"your images in the {s.name} layout" if s.user else \
             f"{' + '.join(s.packagings[0])} or their extracted tree"
         raise SourceError(f"datasets.{name}.path: {root} is not a folder (expected one holding {expected})")
-    opts = FormatOptions.of(s.name, cfg.options)
     if s.user:
         try:
             parsed = s.parse(root, opts)
         except DatasetFormatError as exc:
             raise SourceError(f"datasets.{name}.path: {exc}") from None
         _copy_used(parsed, root, tmp)
-        return f"{len(parsed.records)} images in {root}"
+        return f"{len(parsed.records)} images in {root}", parsed
     known = _known_checksums(cfg)
     for packaging in s.packagings:
         files = [root / n for n in packaging]
@@ -111,15 +113,15 @@ def _from_path(s: DatasetSpec, cfg: DatasetConfig, name: str, tmp: Path, progres
                 if f.name in known:
                     known[f.name].verify(f)
             _unpack(files, tmp, s, progress, limits)
-            return f"original files in {root}"
+            return f"original files in {root}", None
     try:
-        s.parse(root, opts)
+        parsed = s.parse(root, opts)
     except DatasetFormatError as exc:
         raise SourceError(f"datasets.{name}.path: {root} holds neither {' + '.join(s.packagings[0])} "
                           f"nor their extracted tree ({exc})") from None
     _no_links_out(root, name)
     shutil.copytree(root, tmp, dirs_exist_ok=True)
-    return f"extracted tree in {root}"
+    return f"extracted tree in {root}", parsed
 
 
 def _from_http(s: DatasetSpec, cfg: DatasetConfig, name: str, dl: DownloadSection, tmp: Path, progress: bool) -> str:
@@ -165,25 +167,20 @@ def _from_package(s: DatasetSpec, cfg: DatasetConfig, tmp: Path) -> str:
 def acquire(name: str, cfg: DatasetConfig, dl: DownloadSection, out: str | Path, *, progress: bool = True) -> dict:
     """Fill ``out`` with the dataset's original files, extracted; return a short summary."""
     s = spec(cfg.format or name)
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    opts = FormatOptions.of(s.name, cfg.options)
+    parsed = None  # the parse of the files, where a source already made it
+    with replacing_dir(out) as tmp:  # interrupted or failed: nothing half-built is left behind
         if s.synthetic:
             origin = _from_package(s, cfg, tmp)
         elif cfg.path:
-            origin = _from_path(s, cfg, name, tmp, progress, limits_of(dl))
+            origin, parsed = _from_path(s, cfg, name, opts, tmp, progress, limits_of(dl))
         elif cfg.urls:
             origin = _from_http(s, cfg, name, dl, tmp, progress)
         elif cfg.kaggle:
             origin = _from_kaggle(s, cfg, name, dl, tmp, progress)
         else:
             raise SourceError(f"datasets.{name}: no source set (path, urls or kaggle).\n{ways_out(s, name)}")
-        images = len(s.parse(tmp, FormatOptions.of(s.name, cfg.options)).records) if s.parse else None
-    except BaseException:  # interrupted or failed: leave nothing half-built behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+        if parsed is None and s.parse:
+            parsed = s.parse(tmp, opts)  # what was fetched or unpacked is the dataset's format
+        images = len(parsed.records) if parsed else None
     return {"dataset": name, "origin": origin, "labelled_images": images}

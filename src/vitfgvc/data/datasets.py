@@ -12,7 +12,6 @@ happens here and nowhere else.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -23,6 +22,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ..errors import UserError
+from ..io import file_hashes
 
 Box = tuple[float, float, float, float]
 
@@ -327,15 +327,7 @@ def _within(path: Path, root: Path, dataset: str, what: str) -> Path:
     return path
 
 
-def _content_digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _without_duplicates(records: list[Record], dataset: str) -> tuple[list[Record], tuple[tuple[Record, str], ...]]:
+def _without_duplicates(records: list[Record]) -> tuple[list[Record], tuple[tuple[Record, str], ...]]:
     """Keep one copy of each identical file (its train copy first), so that no image sits in train and test."""
     kept: dict[str, Record] = {}
     dropped = []
@@ -343,7 +335,7 @@ def _without_duplicates(records: list[Record], dataset: str) -> tuple[list[Recor
         if not r.path.is_file():
             kept[f"missing:{r.source}"] = r  # the parser named it already; prepare rejects it
             continue
-        first = kept.setdefault(_content_digest(r.path), r)
+        first = kept.setdefault(file_hashes(r.path)["sha256"], r)
         if first is not r:
             why = f"the same file as {first.source} ({first.split}"
             why += f", labelled {first.class_name})" if first.label != r.label else ")"
@@ -411,7 +403,7 @@ def parse_imagefolder(root: Path, opts: FormatOptions = FormatOptions()) -> Pars
             for path in images:
                 records.append(Record(path, path.relative_to(root).as_posix(), index[class_dir.name],
                                       class_dir.name, split, None))
-    records, dropped = _without_duplicates(records, "imagefolder")
+    records, dropped = _without_duplicates(records)
     return Parsed(records, classes, dropped)
 
 
@@ -520,7 +512,7 @@ def parse_csv(root: Path, opts: FormatOptions = FormatOptions()) -> Parsed:
     for i, r in enumerate(records):
         if seen.setdefault(r.source, i) != i:
             raise DatasetFormatError(f"csv: {path}: image {r.source!r} is listed twice")
-    records, dropped = _without_duplicates(records, "csv")
+    records, dropped = _without_duplicates(records)
     return Parsed(records, classes, dropped, (path,))
 
 

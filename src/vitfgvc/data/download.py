@@ -10,7 +10,6 @@ the next run never trusts it.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import UserError
+from ..io import file_hashes
 
 USER_AGENT = "vitfgvc-downloader/1.0"
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -54,15 +54,6 @@ class Checksums:
             if expected is not None and digests[algo] != expected.lower():
                 raise ChecksumError(f"{name}: {algo} mismatch: expected {expected.lower()}, got {digests[algo]}")
         return digests
-
-
-def file_hashes(path: Path, *, sha256: bool = True, md5: bool = False) -> dict[str, str]:
-    algos = {name: hashlib.new(name) for name, on in (("sha256", sha256), ("md5", md5)) if on}
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            for h in algos.values():
-                h.update(chunk)
-    return {name: h.hexdigest() for name, h in algos.items()}
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -42,13 +42,13 @@ class Limits:
     max_ratio: float = 100.0          # unpacked / archive size, checked once ``ratio_after`` bytes are unpacked
     ratio_after: int = 64 << 20
 
-    def check(self, archive: Path, member: str, unpacked: int) -> None:
-        """Refuse ``member`` when the archive's unpacked bytes, with it, cross a limit."""
+    def check(self, archive: Path, size: int, member: str, unpacked: int) -> None:
+        """Refuse ``member`` when the archive's (``size`` bytes) unpacked bytes, with it, cross a limit."""
         if unpacked > self.max_bytes:
             raise UnsafeArchiveError(f"{archive}: refusing member {member!r}: the archive unpacks to more than "
                                      f"{self.max_bytes:,} bytes ({self.max_bytes / 2**30:.3g} GiB, "
                                      "runtime.download.max_unpacked_gib)")
-        size = max(archive.stat().st_size, 1)
+        size = max(size, 1)
         if unpacked > self.ratio_after and unpacked / size > self.max_ratio:
             raise UnsafeArchiveError(f"{archive}: refusing member {member!r}: {size:,} bytes unpack to more than "
                                      f"{unpacked:,} ({unpacked / size:.0f}x; a zip bomb? the limit is "
@@ -123,7 +123,7 @@ def _extract_tar(archive: Path, dest: Path, progress: bool, limits: Limits) -> i
             _check_name(archive, member.name)
             names.add(member.name, member.isdir())
             unpacked += member.size if member.isfile() else 0
-            limits.check(archive, member.name, unpacked)
+            limits.check(archive, size, member.name, unpacked)
             try:
                 tar.extract(member, root, filter="data")
             except tarfile.FilterError as exc:
@@ -138,12 +138,12 @@ def _extract_zip(archive: Path, dest: Path, progress: bool, limits: Limits) -> i
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
         names = _Names(archive)
-        unpacked = 0
+        size, unpacked = archive.stat().st_size, 0
         for info in infos:  # every member is checked before anything is written
             _check_name(archive, info.filename)
             names.add(info.filename, info.is_dir())
             unpacked += info.file_size
-            limits.check(archive, info.filename, unpacked)
+            limits.check(archive, size, info.filename, unpacked)
             mode = info.external_attr >> 16
             if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
                 raise UnsafeArchiveError(f"{archive}: refusing member {info.filename!r}: a device or special file")

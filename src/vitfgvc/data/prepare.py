@@ -19,7 +19,6 @@ The folder is built beside its final place and renamed into it when complete.
 from __future__ import annotations
 
 import multiprocessing as mp
-import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -31,6 +30,7 @@ from tqdm import tqdm
 from ..config import Params
 from ..errors import UserError
 from ..images import MAX_PIXELS, ImageRejected, open_rgb
+from ..io import replacing_dir
 from . import digits as digits_mod
 from .splits import stratified_holdout
 
@@ -175,10 +175,7 @@ def prepare(name: str, params: Params, raw: str | Path, out: str | Path, *, prog
     raw, out = Path(raw), Path(out)
     if not raw.is_dir():
         raise PrepareError(f"{raw}: not found; run the download stage first (dvc repro download@{name})")
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with replacing_dir(out) as tmp:
         convert = _render_digits if params.spec(name).synthetic else _convert_dataset
         rows, rejected, duplicates, classes, total, has_test = convert(name, raw, tmp, params, progress)
         share = len(rejected) / max(total, 1)
@@ -190,11 +187,6 @@ def prepare(name: str, params: Params, raw: str | Path, out: str | Path, *, prog
         table.to_csv(tmp / "manifest.csv", index=False)
         pd.DataFrame({"label": range(len(classes)), "class_name": classes}).to_csv(tmp / "classes.csv", index=False)
         pd.DataFrame(rejected + duplicates, columns=["source", "reason"]).to_csv(tmp / "rejected.csv", index=False)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
     counts = table["split"].value_counts()
     return {
         "dataset": name,

@@ -296,18 +296,12 @@ def to_latex(t: Table) -> str:
 def write(tables: list[Table], markdown: Path, folder: Path, *, title: str, preamble: str = "") -> None:
     """``folder`` (the .tex and .csv of every table) is built beside its place and renamed into it, then the
     Markdown is written: a run killed part-way leaves each output whole or absent, never half-written."""
-    import shutil
+    from ..io import replacing_dir, write_text
 
-    from ..io import write_text
-
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for t in tables:
-        write_text(tmp / f"{t.key}.tex", to_latex(t))
-        write_text(tmp / f"{t.key}.csv", t.frame().to_csv(index=False))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    with replacing_dir(folder) as tmp:
+        for t in tables:
+            write_text(tmp / f"{t.key}.tex", to_latex(t))
+            write_text(tmp / f"{t.key}.csv", t.frame().to_csv(index=False))
     body = "\n".join(to_markdown(t) for t in tables)
     write_text(markdown, f"# {title}\n\n{preamble}{body}")
 
