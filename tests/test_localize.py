@@ -19,6 +19,7 @@ from vitfgvc.localize import (
     object_boxes,
     part_boxes,
     random_boxes,
+    threshold_mean_std,
     threshold_otsu,
 )
 
@@ -54,6 +55,24 @@ def reference_box(m, threshold, closing):
 
 
 # -------------------------------------------------------------------- objects
+def test_mean_std_threshold_is_mean_plus_k_population_stds():
+    maps = torch.rand(3, 7, 9, generator=torch.Generator().manual_seed(0))
+    for k in (0.0, 0.5, 2.0):
+        expected = [m.mean() + k * m.std() for m in maps.numpy()]  # numpy's std: the population's
+        torch.testing.assert_close(threshold_mean_std(maps, k), torch.tensor(expected, dtype=torch.float32))
+
+
+def test_mean_std_keeps_the_peak_where_the_mean_keeps_its_shoulder():
+    # a peak (1.0) on a broad shoulder (0.3) in a zero map: the mean keeps the shoulder, mean + 1 std the peak
+    m = blobs(spots=[(4, 20, 4, 20, 0.3), (10, 13, 10, 13, 1.0)])
+    loose = object_boxes(m[None], threshold="mean", closing=0)
+    tight = object_boxes(m[None], threshold="mean_std", threshold_k=1.0, closing=0)
+    torch.testing.assert_close(loose[0], cell_box(4, 4, 19, 19))
+    torch.testing.assert_close(tight[0], cell_box(10, 10, 12, 12))
+    # a threshold above the map's maximum leaves nothing: the whole map
+    torch.testing.assert_close(object_boxes(m[None], threshold="mean_std", threshold_k=50.0)[0], FULL)
+
+
 @pytest.mark.parametrize("closing", [0, 3])
 def test_box_holds_the_maximum_not_the_largest_blob(closing):
     m = blobs(spots=[(2, 14, 2, 14, 0.6), (18, 21, 17, 20, 0.8)])

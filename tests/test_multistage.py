@@ -55,6 +55,35 @@ def expected_boxes(m: MultiStage, maps):
 
 
 # ---------------------------------------------------------------------- wiring
+def test_object_and_parts_at_a_smaller_size_are_the_encoders_logits_at_that_size():
+    m = model(**{"multistage.object_size": 16, "multistage.part_size": 24}).eval()  # img_size 32, 8 px patches
+    assert m.net.encoder.dynamic_img_size  # timm resamples the position embedding to each grid
+    x = images()
+    out = m(x, draws(), keep_views=True)
+    assert out.views["a"].shape[-1] == 32 and out.views["b"].shape[-1] == 16 and out.views["c"].shape[-1] == 24
+    torch.testing.assert_close(out.views["b"], crop_resize(x, out.object_boxes, 16))
+    torch.testing.assert_close(out.views["c"], crop_resize(x, out.part_boxes, 24))
+    torch.testing.assert_close(out.logits["b"], m.net(out.views["b"]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.logits["c"], m.net(out.views["c"].flatten(0, 1)).view(4, 2, -1), rtol=1e-5,
+                               atol=1e-5)
+    torch.testing.assert_close(out.logits["a"], m.net(out.views["a"]), rtol=1e-5, atol=1e-5)
+
+
+def test_crop_sizes_equal_to_the_input_change_nothing():
+    same = model(**{"multistage.object_size": 32, "multistage.part_size": 32}).eval()
+    default = model().eval()
+    assert not same.net.encoder.dynamic_img_size  # one pass for every stage, as without the keys
+    x, u = images(), draws()
+    a, b = same(x, u), default(x, u)
+    for k in a.logits:
+        torch.testing.assert_close(a.logits[k], b.logits[k], rtol=0, atol=0)
+
+
+def test_a_crop_size_off_the_patch_grid_is_refused():
+    with pytest.raises(ValueError, match=r"multistage.part_size = 20 is not a multiple of the encoder's patch"):
+        model(**{"multistage.part_size": 20})
+
+
 def test_stage_inputs_are_cut_at_the_returned_boxes():
     m = model().eval()
     x = images()

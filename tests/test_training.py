@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from vitfgvc.training import NonFiniteLossError
+from vitfgvc.training import NonFiniteLossError, counting_flops
 
 from .conftest import ROOT, set_dotted, subprocess_env, train_in_process
 
@@ -162,7 +163,8 @@ def test_a_killed_run_resumes_and_ends_exactly_like_an_uninterrupted_one(workspa
                                                                                      "multistage")
     assert m2 == m1
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
-    measured = ["seconds", "seconds_per_step", "data_seconds", "optimizer_seconds", "images_per_s", "peak_memory_mib"]
+    measured = ["seconds", "cum_seconds", "seconds_per_step", "data_seconds", "optimizer_seconds", "images_per_s",
+                "peak_memory_mib"]
     h1 = pd.read_csv(tmp_path / "whole/metrics/digits/multistage_history.csv").drop(columns=measured)
     h2 = pd.read_csv(tmp_path / "killed/metrics/digits/multistage_history.csv").drop(columns=measured)
     pd.testing.assert_frame_equal(h1, h2)
@@ -190,6 +192,7 @@ def test_ddp_with_two_gloo_processes_matches_one_process(workspace, tmp_path):
     # the same global batches and per-sample augmentation: only the order of float sums differs (weights
     # ~1e-8 apart; with crop thresholds drawn per step instead of per sample they were 2e-5 apart)
     assert m2["final_train_loss"] == pytest.approx(m1["final_train_loss"], rel=1e-6)
+    assert m2["train_flops"] == m1["train_flops"] > 0  # each process counts its shard; the sum is the same
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-5, atol=1e-6)
     for key in ("accuracy", "accuracy_a", "accuracy_b", "accuracy_c", "box_iou"):
@@ -223,7 +226,8 @@ def test_digits_attention_finds_the_digit(tmp_path):
     from vitfgvc.data.prepare import prepare
 
     data = yaml.safe_load((ROOT / "params-cpu.yaml").read_text())
-    set_dotted(data, **{"datasets.digits.synth.test": 300, "train.epochs": 14, "multistage.start_epoch": 12,
+    set_dotted(data, **{"datasets.digits.synth.test": 300, "datasets.digits.val_fraction": 0.0,  # no curve here
+                        "train.epochs": 14, "multistage.start_epoch": 12,
                         "ablation.variants": {"otsu_threshold": {"multistage": {"threshold": "otsu"}}}})
     params = Params.model_validate(data)
     acquire("digits", params.dataset("digits"), params.runtime.download, tmp_path / "data/raw/digits", progress=False)
@@ -242,3 +246,42 @@ def test_digits_attention_finds_the_digit(tmp_path):
     assert result["accuracy"] > 30  # chance: 10
     assert result["box_iou50"] > 0.5  # the object box has IoU >= 0.5 with the digit's for most test images
     assert result["box_recall"] > 0.8  # ... and covers at least half of it for nearly all
+
+
+# ------------------------------------------------------------------------ compute accounting
+def test_flops_of_a_linear_layer_and_of_cpu_attention_forward_and_backward():
+    x = torch.randn(2, 4, requires_grad=True)
+    layer = torch.nn.Linear(4, 3)
+    counts = {}
+    with counting_flops(counts, "linear"):
+        layer(x).sum().backward()
+    assert counts["linear"] == 3 * (2 * 2 * 4 * 3)  # forward, and the gradients of the input and the weight
+    q, k, v = (torch.randn(1, 2, 5, 4, requires_grad=True) for _ in range(3))
+    with counting_flops(counts, "attention"):  # the CPU's flash kernel, absent from torch's own registry
+        torch.nn.functional.scaled_dot_product_attention(q, k, v).sum().backward()
+    forward = 2 * (2 * 1 * 2 * 5 * 5 * 4)  # q @ k^T and attn @ v
+    assert counts["attention"] == forward + int(2.5 * forward)  # backward: torch's formula for fused attention
+
+
+def test_history_counts_flops_and_seconds_and_validates_every_eval_every_epochs(workspace, tmp_path, torch_state):
+    # a validation split: every fifth training image of the prepared digits becomes "val"
+    ws = tmp_path / "ws"
+    shutil.copytree(workspace / "data/prepared/digits", ws / "data/prepared/digits")
+    shutil.copy(workspace / "params.yaml", ws / "params.yaml")
+    manifest = pd.read_csv(ws / "data/prepared/digits/manifest.csv")
+    train_rows = manifest.index[manifest["split"] == "train"]
+    manifest.loc[train_rows[::5], "split"] = "val"
+    manifest.to_csv(ws / "data/prepared/digits/manifest.csv", index=False)
+    _, paths, metrics = train_in_process(ws, tmp_path / "out", "digits", "multistage",
+                                         **{"train.epochs_frozen": 1, "train.epochs": 2, "train.eval_every": 2})
+    h = pd.read_csv(paths.history)
+    assert h["epoch"].tolist() == [1, 2, 3]
+    assert (h["flops"] > 0).all() and h["cum_flops"].tolist() == h["flops"].cumsum().tolist()
+    assert h["cum_seconds"].tolist() == pytest.approx(h["seconds"].cumsum().tolist(), abs=2e-3)
+    # the frozen phase's backward stops at the final norm: fewer FLOPs than an epoch training every layer
+    assert h["flops"][0] < h["flops"][1] == h["flops"][2]
+    # validated at epoch 2 (every 2nd) and 3 (the last), on every stage
+    for column in ("val_accuracy", "val_accuracy_a", "val_accuracy_b", "val_accuracy_c"):
+        assert h[column].isna().tolist() == [True, False, False], column
+    summary = json.loads((paths.model_dir / "training.json").read_text())
+    assert summary["train_flops"] == metrics["train_flops"] == h["flops"].sum()

@@ -153,6 +153,9 @@ class TrainSection(Section):
     min_lr_ratio: Unit = 1.0e-4
     label_smoothing: UnitOpen = 0.1
     grad_clip: NonNegFloat = 0.0
+    eval_every: NonNegInt = Field(
+        default=1, description="validate every this many epochs and after the last one (0 = never); only where "
+        "the dataset has a validation split (val_fraction > 0)")
     amp: bool = True
     deterministic: bool = False
 
@@ -250,7 +253,8 @@ class MultistageSection(Section):
     attention: Literal["rollout", "last_layer"] = "rollout"
     head_fusion: Literal["mean", "max", "min"] = "mean"
     discard_ratio: UnitOpen = 0.0
-    threshold: Literal["mean", "otsu"] = "mean"
+    threshold: Literal["mean", "otsu", "mean_std"] = "mean"
+    threshold_k: NonNegFloat = Field(default=1.0, description="mean_std: the threshold is mean + k * std of the map")
     map_size: PosInt = 448
     closing: NonNegInt = 3
     closing_footprint: Literal["square", "cross"] = "square"
@@ -265,6 +269,8 @@ class MultistageSection(Section):
     part_grid: PosInt = 128
     part_loss: Literal["sum", "mean"] = "sum"
     parts_from_erased: bool = False
+    object_size: PosInt | None = Field(default=None, description="input side of the object crop (None = model.img_size)")
+    part_size: PosInt | None = Field(default=None, description="input side of the part crops (None = model.img_size)")
 
     @field_validator("closing_footprint")
     @classmethod

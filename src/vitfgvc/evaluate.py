@@ -157,6 +157,7 @@ def evaluate_model(model_dir: Path, data: Path, out_dir: Path, metrics_path: Pat
               **metrics(test, classes, auc=auc),
               **{k: training[k] for k in ("epochs", "train_seconds", "seconds_per_epoch", "train_images_per_s",
                                           "final_train_loss", "hardware")},
+              "train_flops": training.get("train_flops"),  # absent from a model trained before FLOPs were counted
               "eval_seconds": round(seconds, 3), "eval_images_per_s": round(len(test.labels) / max(seconds, 1e-9), 2),
               "eval_peak_memory_mib": round(peak_memory_mib(device)[0], 1)}
     limits = {k: v for k, v in (("limit_steps", training.get("limit_steps")),

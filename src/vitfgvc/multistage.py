@@ -106,6 +106,13 @@ class MultiStage(nn.Module):
         self.ms, self.aug = cfg.multistage, cfg.aug
         self.input_size = cfg.high_res
         self.full_image_only = False
+        size = cfg.backbone.img_size
+        self.object_size, self.part_size = self.ms.object_size or size, self.ms.part_size or size
+        patch = getattr(getattr(net.encoder, "patch_embed", None), "patch_size", (1, 1))
+        for key, side in (("object_size", self.object_size), ("part_size", self.part_size)):
+            if side != size and (side % patch[0] or side % patch[1]):
+                raise ValueError(f"multistage.{key} = {side} is not a multiple of the encoder's patch size "
+                                 f"{tuple(patch)} ({cfg.backbone.name})")
 
     def set_epoch(self, epoch: int) -> None:
         """Before ``multistage.start_epoch`` training sees the full image alone (stage a)."""
@@ -177,7 +184,8 @@ class MultiStage(nn.Module):
         if ms.object:
             fine = F.interpolate(maps.unsqueeze(1), size=(ms.map_size, ms.map_size), mode="bilinear",
                                  align_corners=False).squeeze(1)
-            obj = object_boxes(fine, threshold=ms.threshold, closing=ms.closing, min_area=ms.min_area,
+            obj = object_boxes(fine, threshold=ms.threshold, threshold_k=ms.threshold_k, closing=ms.closing,
+                               min_area=ms.min_area,
                                fallback=ms.fallback, closing_footprint=ms.closing_footprint,
                                small_components=ms.small_components,
                                u_fallback=draws[:, Draw.FALLBACK_BOX:Draw.FALLBACK_BOX + 4])
@@ -185,49 +193,58 @@ class MultiStage(nn.Module):
         if ms.parts or (ms.object and erase):
             obj_map = crop_resize(maps.unsqueeze(1), obj, ms.part_grid).squeeze(1)  # [B, g, g], max ~1
 
-        crops, parts_abs = [], None
+        inputs: dict[str, Tensor] = {} if logits_a is not None else {"a": view_a}
+        parts_abs = None
         if ms.object:
-            x_b = crop_resize(hi, obj, size)
-            view_b = attention_erase(x_b, obj_map, aug.erase_p, aug.erase_threshold, u_apply=draws[:, Draw.ERASE_B]) \
-                if erase else x_b
-            crops.append(view_b)
+            x_b = crop_resize(hi, obj, self.object_size)
+            inputs["b"] = attention_erase(x_b, obj_map, aug.erase_p, aug.erase_threshold,
+                                          u_apply=draws[:, Draw.ERASE_B]) if erase else x_b
         if ms.parts:
             rel = part_boxes(obj_map, window=ms.part_window, k=ms.num_parts, iou=ms.part_iou, pool=ms.part_pool,
                              gem_p=ms.gem_p)
             parts_abs = compose_boxes(obj, rel)
             if ms.parts_from_erased and ms.object and erase:
-                x_c = crop_resize(view_b, rel, size)  # the original: parts of the erased object crop
+                x_c = crop_resize(inputs["b"], rel, self.part_size)  # the original: parts of the erased object crop
             else:
-                x_c = crop_resize(hi, parts_abs, size)
-            crops.append(x_c.flatten(0, 1))
+                x_c = crop_resize(hi, parts_abs, self.part_size)
+            inputs["c"] = x_c.flatten(0, 1)
 
-        if logits_a is None:
-            batch = torch.cat([view_a, *crops]) if crops else view_a
-            logits = self.net(batch)
-            logits_a, rest = logits[:b], logits[b:]
-        else:
-            rest = self.net(torch.cat(crops)) if crops else logits_a[:0]
-        out = {"a": logits_a}
-        if ms.object:
-            out["b"], rest = rest[:b], rest[b:]
+        out = {"a": logits_a} if logits_a is not None else {}
+        out.update(self._logits(inputs))
+        out = {k: out[k] for k in ("a", "b", "c") if k in out}
         if ms.parts:
-            out["c"] = rest.view(b, ms.num_parts, -1)
+            out["c"] = out["c"].view(b, ms.num_parts, -1)
         if keep_views:
-            views = {"a": view_a}
-            if ms.object:
-                views["b"] = crops[0]
+            views = {"a": view_a, **{k: v for k, v in inputs.items() if k != "a"}}
             if ms.parts:
-                views["c"] = crops[-1].view(b, ms.num_parts, *crops[-1].shape[1:])
+                views["c"] = inputs["c"].view(b, ms.num_parts, *inputs["c"].shape[1:])
         return StageOutput(out, maps=maps, object_boxes=obj if ms.object else None, part_boxes=parts_abs,
                            views=views)
+
+
+    def _logits(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Logits of each stage's input; the inputs of one size go through the encoder as one batch
+        (every stage at the model's size: one pass for all)."""
+        by_size: dict[tuple[int, int], list[str]] = {}
+        for name, x in inputs.items():
+            by_size.setdefault(tuple(x.shape[-2:]), []).append(name)
+        out = {}
+        for names in by_size.values():
+            logits = self.net(torch.cat([inputs[n] for n in names]) if len(names) > 1 else inputs[names[0]])
+            out.update(zip(names, logits.split([inputs[n].shape[0] for n in names])))
+        return out
 
 
 def build(cfg: RunConfig, num_classes: int, *, load_pretrained: bool = True,
           grad_checkpointing: bool = False) -> Baseline | MultiStage:
     """The model of a run config; ``load_pretrained=False`` skips the hub/local weights (to load a trained state)."""
     bb = cfg.backbone
+    kwargs = dict(bb.kwargs)
+    ms = cfg.multistage if cfg.model == "multistage" else None
+    if ms is not None and {ms.object_size, ms.part_size} - {None, bb.img_size}:
+        kwargs.setdefault("dynamic_img_size", True)  # crops at another size: timm resamples the position embedding
     net = build_model(bb.name, num_classes, img_size=bb.img_size,
                       pretrained=load_pretrained and bb.pretrained and bb.weights is None,
-                      weights=bb.weights if load_pretrained else None, kwargs=dict(bb.kwargs),
+                      weights=bb.weights if load_pretrained else None, kwargs=kwargs,
                       grad_checkpointing=grad_checkpointing, final_norm=bb.final_norm)
     return (Baseline if cfg.model == "baseline" else MultiStage)(net, cfg)

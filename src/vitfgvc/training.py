@@ -186,6 +186,7 @@ class Context:
     ckpt: Checkpoints
     tracker: object | None = None
     progress: bool = True
+    flops: dict = field(default_factory=dict)  # FLOPs of one micro-step per (phase, stages, input shape)
 
     @property
     def autocast(self):
@@ -202,6 +203,37 @@ def loss_of(out, labels, cfg: RunConfig):
                       part_loss=cfg.multistage.part_loss if cfg.multistage else "sum")
 
 
+def _sdpa_cpu_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query, key, value)
+
+
+def _sdpa_cpu_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+@contextlib.contextmanager
+def counting_flops(counts: dict, key) -> object:
+    """Count the FLOPs of what runs inside (forward and backward) into ``counts[key]``.
+
+    torch's :class:`~torch.utils.flop_counter.FlopCounterMode` counts matrix products,
+    convolutions and attention; its registry lacks the CPU flash-attention kernels that
+    ``scaled_dot_product_attention`` runs on a CPU, counted here with the same formulas as
+    the CUDA ones, so a run counts the same FLOPs on either device.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    aten = torch.ops.aten
+    cpu = {aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
+           aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward_flops}
+    with FlopCounterMode(display=False, custom_mapping=cpu) as mode:
+        yield mode
+    counts[key] = mode.get_total_flops()
+
+
 def train_one_epoch(state: TrainState, ctx: Context, ds: ManifestDataset, sampler: EpochBatches,
                     wrapped: torch.nn.Module, phase: Phase) -> dict:
     """One epoch from ``state.step`` on (a resumed epoch continues where it stopped); returns its history row."""
@@ -214,7 +246,9 @@ def train_one_epoch(state: TrainState, ctx: Context, ds: ManifestDataset, sample
     loader = make_loader(ds, batch_sampler=sampler, workers=rt.workers, device=device)
     carry = _carry(state.epoch_sums, d)
     # running sums of the epoch; a mid-epoch checkpoint carries them, so a resumed epoch reports the same numbers
-    sums = dict(carry) if carry else {"loss": 0.0, "correct": 0.0, "images": 0, "seconds": 0.0, "stages": {}}
+    sums = dict(carry) if carry else {"loss": 0.0, "correct": 0.0, "images": 0, "flops": 0, "seconds": 0.0,
+                                      "stages": {}}
+    sums.setdefault("flops", 0)
     stage_losses: dict[str, float] = dict(sums.pop("stages"))
     start = time.perf_counter() - sums.pop("seconds")
     bar = tqdm(total=sampler.steps, initial=state.step, desc=f"{ctx.stage} epoch {state.epoch + 1} ({phase.name})",
@@ -231,7 +265,10 @@ def train_one_epoch(state: TrainState, ctx: Context, ds: ManifestDataset, sample
                 images, labels, draws = (x.to(device, non_blocking=True) for x in (images, labels, draws))
                 last = a == rt.accum_steps - 1
                 no_sync = wrapped.no_sync if (d.world > 1 and not last) else contextlib.nullcontext
-                with no_sync():
+                # the FLOPs of a micro-step depend on the phase (what trains), the stages that run and the shape
+                shape = (phase.name, bool(getattr(model, "full_image_only", False)), tuple(images.shape))
+                count = contextlib.nullcontext() if shape in ctx.flops else counting_flops(ctx.flops, shape)
+                with count, no_sync():
                     with ctx.autocast():
                         out = wrapped(images, draws)
                     loss, parts = loss_of(out, labels, cfg)
@@ -242,6 +279,7 @@ def train_one_epoch(state: TrainState, ctx: Context, ds: ManifestDataset, sample
                             f"kept in {ctx.ckpt.path} (try a lower train.lr / train.lr_frozen, or train.grad_clip > 0)")
                     state.scaler.scale(loss / rt.accum_steps).backward()
                 n = labels.shape[0]
+                sums["flops"] += ctx.flops[shape]
                 sums["loss"] += float(loss.detach()) * n
                 sums["images"] += n
                 sums["correct"] += float((out.probabilities()["combined"].argmax(1) == labels).sum())
@@ -273,17 +311,18 @@ def train_one_epoch(state: TrainState, ctx: Context, ds: ManifestDataset, sample
     seconds = time.perf_counter() - start
     if d.world > 1:  # the epoch's numbers over every process's images
         keys = sorted(stage_losses)
-        total = torch.tensor([sums["loss"], sums["correct"], sums["images"], *(stage_losses[k] for k in keys)],
-                             dtype=torch.float64, device=device)
+        total = torch.tensor([sums["loss"], sums["correct"], sums["images"], sums["flops"],
+                              *(stage_losses[k] for k in keys)], dtype=torch.float64, device=device)
         dist.all_reduce(total)
         sums["loss"], sums["correct"], sums["images"] = total[0].item(), total[1].item(), int(total[2].item())
-        stage_losses = {k: total[3 + i].item() for i, k in enumerate(keys)}
+        sums["flops"] = int(total[3].item())
+        stage_losses = {k: total[4 + i].item() for i, k in enumerate(keys)}
     images = max(sums["images"], 1)
     lrs = {g["part"]: g["lr"] for g in state.optimizer.param_groups}  # the last step's, per group
     return {"epoch": state.epoch + 1, "phase": phase.name, "lr": lrs["head"], "lr_encoder": lrs.get("encoder"),
             "train_loss": round(sums["loss"] / images, 6), "train_acc": round(100 * sums["correct"] / images, 4),
             **{f"train_loss_{k}": round(v / images, 6) for k, v in sorted(stage_losses.items())},
-            "steps": sampler.steps, "seconds": round(seconds, 3),
+            "steps": sampler.steps, "seconds": round(seconds, 3), "flops": int(sums["flops"]),
             "seconds_per_step": round(seconds / max(sampler.steps, 1), 4),
             "data_seconds": round(waited, 3), "optimizer_seconds": round(optimizing, 3),
             "images_per_s": round(sums["images"] / max(seconds, 1e-9), 2),
@@ -308,11 +347,11 @@ def _carry(epoch_sums: list[dict] | None, d: Dist) -> dict | None:
         return epoch_sums[d.rank]
     if d.rank:
         return None
-    total = {"loss": 0.0, "correct": 0.0, "images": 0, "seconds": max(s["seconds"] for s in epoch_sums),
+    total = {"loss": 0.0, "correct": 0.0, "images": 0, "flops": 0, "seconds": max(s["seconds"] for s in epoch_sums),
              "stages": {}}
     for s in epoch_sums:
-        for k in ("loss", "correct", "images"):
-            total[k] += s[k]
+        for k in ("loss", "correct", "images", "flops"):
+            total[k] += s.get(k, 0)
         for k, v in s["stages"].items():
             total["stages"][k] = total["stages"].get(k, 0.0) + v
     return total
@@ -408,7 +447,10 @@ def _run_phases(state: TrainState, ctx: Context, train_ds, sampler: EpochBatches
                 resumed: dict | None) -> None:
     """Every phase from where ``state`` stands (``resumed``: the checkpoint it was loaded from)."""
     first_epoch = 0
-    for index, phase in enumerate(phases(ctx.cfg, limited=bool(ctx.runtime.limit_steps))):
+    every = ctx.cfg.train.eval_every
+    all_phases = phases(ctx.cfg, limited=bool(ctx.runtime.limit_steps))
+    total_epochs = sum(p.epochs for p in all_phases)
+    for index, phase in enumerate(all_phases):
         last_epoch = first_epoch + phase.epochs
         if state.epoch >= last_epoch:  # a phase a resumed run has finished
             first_epoch = last_epoch
@@ -423,7 +465,11 @@ def _run_phases(state: TrainState, ctx: Context, train_ds, sampler: EpochBatches
                 state.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
         while state.epoch < last_epoch:
             row = train_one_epoch(state, ctx, train_ds, sampler, wrapped, phase)
-            if val_ds is not None:
+            done = state.epoch + 1
+            last = state.history[-1] if state.history else {}
+            row["cum_seconds"] = round(last.get("cum_seconds", 0.0) + row["seconds"], 3)
+            row["cum_flops"] = last.get("cum_flops", 0) + row["flops"]
+            if val_ds is not None and every and (done % every == 0 or done == total_epochs):
                 row.update(validate(state, ctx, val_ds))
             state.epoch, state.step, state.epoch_sums = state.epoch + 1, 0, None
             state.history.append(row)
@@ -445,6 +491,7 @@ def _write_outputs(state: TrainState, ctx: Context, classes: list[str]) -> dict:
     peak, memory = peak_memory_mib(ctx.device)
     summary = {"dataset": cfg.dataset, "model": cfg.model, "variant": cfg.variant, "backbone": cfg.backbone.name,
                "epochs": len(history), "train_seconds": round(seconds, 2),
+               "train_flops": int(sum(r.get("flops", 0) for r in history)),
                "seconds_per_epoch": round(seconds / max(len(history), 1), 3),
                "train_images_per_s": round(float(np.mean([r["images_per_s"] for r in history])), 2)
                if history else None,
