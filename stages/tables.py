@@ -1,4 +1,5 @@
-"""DVC stage ``tables``: the paper's Tables 1-4, Table 5 (Aircraft), a user's datasets and the ablations, from ``metrics/``.
+"""DVC stage ``tables``: the paper's Tables 1-4, Table 5 (Aircraft), a user's datasets, the ablations and each dataset
+at equal compute, from ``metrics/`` (the metrics and the training histories).
 
 Writes ``<report.dir>/tables.md`` and ``<report.dir>/tables/<table>.tex`` and ``.csv``
 (``report.dir`` is ``reports`` for the paper profile, ``reports/cpu`` for the CPU profile).
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from vitfgvc.config import load_params
 from vitfgvc.errors import run_main
+from vitfgvc.report.compute import load_histories
 from vitfgvc.report.tables import build_tables, load_results, preamble, write
 
 
@@ -17,10 +19,12 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     params = load_params(args.params)
-    results = load_results(Path("metrics"), params)
+    metrics = Path("metrics")
+    results = load_results(metrics, params)
     datasets = params.pipeline.datasets
     tables = build_tables(results, datasets, {d: params.ablation.variants for d in params.ablation.datasets},
-                          {d: params.dataset(d).format for d in datasets})
+                          {d: params.dataset(d).format for d in datasets},
+                          {d: load_histories(metrics, params, d) for d in datasets})
     title = ("CPU benchmark: the method on cluttered digits" if datasets == ["digits"]
              else "Exploring Vision Transformers for Fine-grained Classification: reproduced tables")
     out = Path(params.report.dir)

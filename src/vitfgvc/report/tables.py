@@ -41,6 +41,7 @@ class Table:
     rows: list[list]                  # cells: str, number or None (not measured)
     section: int | None = None        # index of the first measured row
     notes: list[str] = field(default_factory=list)
+    digits: dict[str, int] = field(default_factory=dict)  # column -> decimals shown (default 2)
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=self.columns)
@@ -235,11 +236,16 @@ def user_table(dataset: str, results: dict) -> Table:
 
 
 def build_tables(results: dict, datasets: list[str], ablation: dict[str, dict[str, dict]],
-                 formats: dict[str, str] | None = None) -> list[Table]:
+                 formats: dict[str, str] | None = None,
+                 histories: dict[str, dict[str, pd.DataFrame]] | None = None) -> list[Table]:
     """``ablation``: dataset -> its variants (name -> the keys each changes, as ``ablation.variants``);
-    ``formats``: dataset -> its format (default: a named dataset's own; anything else is a user's data)."""
-    # Table 1, the paper tables whose datasets this profile runs, Table 5, the user's data, the ablations
-    # and the digits table
+    ``formats``: dataset -> its format (default: a named dataset's own; anything else is a user's data);
+    ``histories``: dataset -> its training histories, run -> DataFrame (``compute.load_histories``; without
+    them the equal-compute tables have no validation columns)."""
+    from .compute import equal_compute_table
+
+    # Table 1, the paper tables whose datasets this profile runs, Table 5, the user's data, the ablations,
+    # the digits table, then each dataset at equal compute
     formats = {d: (formats or {}).get(d, d) for d in datasets}
     pub = published()
     tables = [table1(pub, results, datasets)]
@@ -255,18 +261,25 @@ def build_tables(results: dict, datasets: list[str], ablation: dict[str, dict[st
         tables.append(ablation_table(d, variants, results))
     if "digits" in datasets:
         tables.append(digits_table(results, list(ablation.get("digits", {}))))
+    for d in datasets:
+        if any(k.startswith(f"{d}/") for k in results):
+            tables.append(equal_compute_table(d, results, (histories or {}).get(d, {})))
     return tables
 
 
 # ---------------------------------------------------------------- writers
+def _cells(t: Table, row: list) -> list[str]:
+    """A row as printed: Δ columns signed, numbers with the column's decimals."""
+    return [_signed(v) if c.startswith("Δ") else _fmt(v, t.digits.get(c, 2)) for c, v in zip(t.columns, row)]
+
+
 def to_markdown(t: Table) -> str:
     lines = [f"### {t.title}", "", "| " + " | ".join(t.columns) + " |",
              "|" + "|".join(" --- " for _ in t.columns) + "|"]
     for i, row in enumerate(t.rows):
         if t.section is not None and i == t.section:
             lines.append("| **This reproduction** |" + " |" * (len(t.columns) - 1))
-        cells = [_signed(v) if t.columns[j].startswith("Δ") else _fmt(v) for j, v in enumerate(row)]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(_cells(t, row)) + " |")
     lines.append("")
     lines += [f"- {n}" for n in t.notes]
     return "\n".join(lines) + "\n"
@@ -286,8 +299,7 @@ def to_latex(t: Table) -> str:
     for i, row in enumerate(t.rows):
         if t.section is not None and i == t.section:
             lines += [r"\midrule", rf"\multicolumn{{{len(t.columns)}}}{{l}}{{\emph{{This reproduction}}}} \\"]
-        cells = [_tex_escape(_signed(v) if t.columns[j].startswith("Δ") else _fmt(v)) for j, v in enumerate(row)]
-        lines.append(" & ".join(cells) + r" \\")
+        lines.append(" & ".join(_tex_escape(c) for c in _cells(t, row)) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{_tex_escape(t.title)}}}",
               rf"\label{{tab:{t.key}}}", r"\end{table}"]
     return "\n".join(lines) + "\n"
@@ -330,8 +342,22 @@ def preamble(results: dict, datasets: list[str]) -> str:
                 lines.append(f"- baseline given the multistage model's wall-clock budget ({budget['epochs']} epochs,"
                              f" {budget['train_seconds']:.0f} s vs {ms['train_seconds']:.0f} s): "
                              f"{budget['accuracy']:.2f} ({ms['accuracy'] - budget['accuracy']:+.2f} for multistage)")
+                lines.append(versus_equal_time(results, budget))
             lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def versus_equal_time(results: dict, budget: dict) -> str:
+    """The digits preamble's line: every multistage run (the model and each ablation variant) against the
+    baseline given the multistage model's wall-clock time, the best first."""
+    runs = [("multistage", results.get("digits/multistage")),
+            *((k.removeprefix("digits/"), r) for k, r in results.items() if k.startswith("digits/ablation/"))]
+    gaps = [(name, r["accuracy"], r["accuracy"] - budget["accuracy"]) for name, r in runs
+            if r and r.get("accuracy") is not None]
+    best, acc, gap = max(gaps, key=lambda g: g[2])
+    each = ", ".join(f"{name} {g:+.2f} ({'reaches it' if g >= 0 else 'falls short'})" for name, _, g in gaps)
+    return (f"- best multistage run vs the baseline given the multistage model's wall-clock time: {best} "
+            f"{acc:.2f} vs {budget['accuracy']:.2f} (**{gap:+.2f} points**; goal: at least 0); every run: {each}")
 
 
 def describe_hardware(h: dict) -> str:
