@@ -11,6 +11,17 @@ re-runs what changed, and a killed run resumes.
     python benchmarks/profiles.py smoke      # CI's pipeline: miniature archives, a tiny ViT (about 7 min on 2 cores)
     python benchmarks/profiles.py cpu        # the CPU benchmark on cluttered digits (about 25 min on 2 cores)
     python benchmarks/profiles.py rehearsal  # the paper's DAG at full size, a step per phase: reports/rehearsal.md (about 25 min)
+    python benchmarks/profiles.py cpu --seeds 3                      # the CPU benchmark, then its key rows with
+    python benchmarks/profiles.py cpu --seeds 3 --seed-variants NAME     # 2 more seeds: reports/cpu/seeds.md
+
+``--seeds N`` (the ``cpu`` profile only) runs the profile as above with its own ``seed``, then
+with each of the next N - 1 seeds in its own copy, ``.profiles/cpu-seed<s>`` (beside ``--dir``):
+the same profile but for ``seed``, and with only the ablation variants that ``--seed-variants``
+names (none by default: the baseline, the equal-time baseline and the multistage model, roughly
+14 min a seed on 2 cores by the profile's stage times; each variant repeated adds about 5 min). Then
+``reports/cpu/seeds.md`` gives each row's test accuracy per seed, mean and std, and which
+paired differences exceed the seed-to-seed spread (:mod:`benchmarks.seeds`). A killed run
+resumes where it stopped: each copy is kept.
 
 The test suite's pipeline tests build their copies with :func:`sync`, as this command does.
 (Not ``profile.py``: with this folder first on ``sys.path``, that name would shadow the standard
@@ -129,7 +140,7 @@ def sync(dest: Path, profile: Profile, env: dict[str, str], root: Path = ROOT, *
     git("commit", "-qm", f"project with {profile.params} as params.yaml", check=False)  # nothing new: no commit
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("profile", choices=sorted(PROFILES),
                     help="; ".join(f"{k}: {p.params}, {p.about}" for k, p in PROFILES.items()))
@@ -141,28 +152,99 @@ def main() -> None:
     rehearsal.add_argument("--micro-batch", type=int, default=None,
                            help="images per optimiser step (default: 1 on a CPU; the paper's batches on a GPU)")
     rehearsal.add_argument("--workers", type=int, default=None, help="runtime.workers (default: 1 on a CPU, else 8)")
-    args = ap.parse_args()
+    study = ap.add_argument_group("seeds (cpu)")
+    study.add_argument("--seeds", type=int, default=None, metavar="N",
+                       help="run the profile with its own seed and the next N-1 (each in its own copy, "
+                            "<dir>-seed<s>) and write reports/cpu/seeds.md")
+    study.add_argument("--seed-variants", nargs="+", default=[], metavar="NAME",
+                       help="ablation variants to repeat with every seed (default: none, only the baseline, the "
+                            "equal-time baseline and the multistage model)")
+    args = ap.parse_args(argv)
     profile = PROFILES[args.profile]
+    base = None
+    if args.seeds is not None or args.seed_variants:
+        import yaml
+
+        seeds = _seeds_module()
+        base = yaml.safe_load((ROOT / profile.params).read_text())
+        try:
+            seeds.check_request(args.profile, base, args.seeds, args.seed_variants)
+        except seeds.SeedsError as exc:
+            ap.error(str(exc))
     dest = Path(args.dir).resolve() if args.dir else ROOT / ".profiles" / args.profile
     if args.fresh:
         shutil.rmtree(dest, ignore_errors=True)
+        if base is not None:
+            for s in seeds.seed_values(base, args.seeds)[1:]:
+                shutil.rmtree(seeds.seed_dir(dest, s), ignore_errors=True)
     env = environment()
     env.pop("MLFLOW_TRACKING_URI", None)  # the copy logs into its own store
     if args.profile == "rehearsal":
         run_rehearsal(dest, profile, env, args)
         return
+    if base is not None:
+        print(f"{args.profile}: seed {base.get('seed', 0)} (1/{args.seeds}) in {dest}", flush=True)
     sync(dest, profile, env)
+    seconds = repro(dest, env, args.profile)
+    print(f"{args.profile}: pipeline done in {seconds:.0f} s in {dest}", flush=True)
+    if base is not None:
+        print(f"{args.profile}: seed {base.get('seed', 0)} (1/{args.seeds}) done in {seconds:.0f} s", flush=True)
+    if profile.reports:
+        kept = ROOT / profile.reports / "seeds.md"  # written by --seeds, not by the pipeline: kept
+        kept_text = kept.read_text() if kept.exists() else None
+        shutil.rmtree(ROOT / profile.reports, ignore_errors=True)
+        shutil.copytree(dest / profile.reports, ROOT / profile.reports)
+        if kept_text is not None:  # a --seeds run writes its own at the end
+            kept.write_text(kept_text)
+        print(f"{args.profile}: {profile.reports}/ copied into {ROOT}")
+    if base is not None:
+        command = " ".join(["python benchmarks/profiles.py", *(sys.argv[1:] if argv is None else argv)])
+        run_seeds(dest, profile, env, base, args, command=command)
+
+
+def _seeds_module():
+    """:mod:`benchmarks.seeds` (run as a script, this folder is on sys.path, the project root is not)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from benchmarks import seeds
+
+    return seeds
+
+
+def repro(dest: Path, env: dict[str, str], name: str) -> float:
+    """``dvc repro`` in the copy (its output shown); the seconds it took. Exits naming the copy on failure."""
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=dest, env=env)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
-        sys.exit(f"{args.profile}: dvc repro failed in {dest} (exit {proc.returncode}); run the same command again "
+        sys.exit(f"{name}: dvc repro failed in {dest} (exit {proc.returncode}); run the same command again "
                  "to resume")
-    print(f"{args.profile}: pipeline done in {seconds:.0f} s in {dest}")
-    if profile.reports:
-        shutil.rmtree(ROOT / profile.reports, ignore_errors=True)
-        shutil.copytree(dest / profile.reports, ROOT / profile.reports)
-        print(f"{args.profile}: {profile.reports}/ copied into {ROOT}")
+    return seconds
+
+
+def run_seeds(dest: Path, profile: Profile, env: dict[str, str], base: dict, args, *, command: str) -> None:
+    """The further seeds, each in its own copy beside ``dest`` (the profile's own seed ran there), then
+    ``<profile.reports>/seeds.md`` from every seed's metrics."""
+    seeds = _seeds_module()
+    values = seeds.seed_values(base, args.seeds)
+    copies = {values[0]: dest}
+    for i, s in enumerate(values[1:], 2):
+        where = seeds.seed_dir(dest, s)
+        print(f"{args.profile}: seed {s} ({i}/{len(values)}) in {where}", flush=True)
+        sync(where, profile, env, params=seeds.derive_params(base, s, args.seed_variants))
+        seconds = repro(where, env, f"{args.profile} seed {s}")
+        print(f"{args.profile}: seed {s} ({i}/{len(values)}) done in {seconds:.0f} s", flush=True)
+        copies[s] = where
+    try:
+        per_seed = {s: seeds.read_seed(c, base, args.seed_variants) for s, c in copies.items()}
+    except seeds.SeedsError as exc:
+        sys.exit(f"{args.profile}: {exc}")
+    text = seeds.report(per_seed, base, args.seed_variants, command=command)
+    out = ROOT / (profile.reports or "reports") / "seeds.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text)
+    print(f"{args.profile}: {out.relative_to(ROOT)} written ({len(values)} seeds)")
 
 
 def run_rehearsal(dest: Path, profile: Profile, env: dict[str, str], args) -> None:
