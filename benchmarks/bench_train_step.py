@@ -3,8 +3,12 @@
 One training step = the model's forward pass(es), the joint loss, backward and the
 optimiser step, exactly as ``vitfgvc.training`` runs them. The multistage step is
 measured with attention erasing on (an extra no-gradient pass on the clean image gives
-the map, as the original) and off (stage a's own pass gives it). Ideal ratios with two
-parts: about 4.3x (four forward/backward passes plus one forward) and 4.0x.
+the map, as the original) and off (stage a's own pass gives it), with the object and part
+crops at half the input side (``multistage.object_size`` / ``part_size``: a quarter of the
+tokens), and without the object crop, the parts found on the full image's map at half the
+side (the CPU profile's ``parts_small``). Ideal ratios with two parts: about 4.3x (four
+forward/backward passes plus one forward), 4.0x, about 2.1x and 1.8x. The FLOPs of each step (forward and
+backward, counted as training counts them) are given beside the times.
 
 Both models take the same high-res training view (the baseline resizes it to its input
 size), so loading it costs both the same: the view of the paper profile's augmentation
@@ -30,15 +34,19 @@ from vitfgvc.data.loader import NUM_DRAWS
 from vitfgvc.devices import keep_freed_memory
 from vitfgvc.multistage import build
 from vitfgvc.optim import build_optimizer, start_phase
-from vitfgvc.training import Phase, loss_of
+from vitfgvc.training import Phase, counting_flops, loss_of
 
 ROOT = Path(__file__).resolve().parents[1]
+SMALL = "multistage (erasing on, object and parts at half the input side)"
+PARTS = "multistage (erasing on, no object crop, parts from the full map at half the input side)"
 
 
-def _config(model: str, erase_p: float, name: str, img_size: int, high_res: int, kwargs: dict):
+def _config(model: str, erase_p: float, name: str, img_size: int, high_res: int, kwargs: dict,
+            multistage: dict | None = None):
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
     data["model"].update(name=name, pretrained=False, img_size=img_size, kwargs=kwargs)
     data["aug"]["erase_p"] = erase_p
+    data["multistage"].update(multistage or {})
     data["ablation"]["variants"] = {}  # erase_p 0 would make the no_erase variant a duplicate, which params refuse
     data["datasets"]["cub"]["high_res"] = high_res
     return Params.model_validate(data).run_config("cub", model)
@@ -52,12 +60,15 @@ def measure(batch: int = 8, repeats: int = 5, warmup: int = 1, threads: int | No
     if threads:
         torch.set_num_threads(threads)
     kwargs = kwargs or {}
-    runs = {"baseline": ("baseline", 0.5), "multistage (erasing on)": ("multistage", 0.5),
-            "multistage (erasing off)": ("multistage", 0.0)}
+    small = {"object_size": img_size // 2, "part_size": img_size // 2}  # a quarter of the tokens
+    runs = {"baseline": ("baseline", 0.5, {}), "multistage (erasing on)": ("multistage", 0.5, {}),
+            "multistage (erasing off)": ("multistage", 0.0, {}),
+            SMALL: ("multistage", 0.5, small),
+            PARTS: ("multistage", 0.5, {"object": False, "part_size": img_size // 2})}
     times: dict[str, list[float]] = {k: [] for k in runs}
-    setups = {}
-    for key, (model_name, erase_p) in runs.items():
-        cfg = _config(model_name, erase_p, name, img_size, high_res, kwargs)
+    setups, flops = {}, {}
+    for key, (model_name, erase_p, overrides) in runs.items():
+        cfg = _config(model_name, erase_p, name, img_size, high_res, kwargs, overrides)
         torch.manual_seed(0)
         model = build(cfg, classes).train()
         opt = build_optimizer(model.net, cfg.train)
@@ -67,6 +78,9 @@ def measure(batch: int = 8, repeats: int = 5, warmup: int = 1, threads: int | No
         labels = torch.randint(0, classes, (batch,), generator=g)
         draws = torch.rand(batch, NUM_DRAWS, generator=g)
         setups[key] = (cfg, model, opt, images, labels, draws)
+        with counting_flops(flops, key):  # forward and backward, as training counts them
+            loss_of(model(images, draws), labels, cfg)[0].backward()
+        opt.zero_grad(set_to_none=True)
 
     def step(key):
         cfg, model, opt, images, labels, draws = setups[key]
@@ -91,6 +105,9 @@ def measure(batch: int = 8, repeats: int = 5, warmup: int = 1, threads: int | No
             "threads": torch.get_num_threads(), "steps": stats,
             "ratio_erase_on": stats["multistage (erasing on)"]["median"] / base,
             "ratio_erase_off": stats["multistage (erasing off)"]["median"] / base,
+            "ratio_small": stats[SMALL]["median"] / base, "ratio_parts": stats[PARTS]["median"] / base,
+            "small_size": small["part_size"],
+            "flops": flops, "flop_ratios": {k: v / flops["baseline"] for k, v in flops.items()},
             "images_per_s": {k: batch / v["median"] for k, v in stats.items()},
             "view_seconds": view,
             "ratio_erase_on_with_views": with_views["multistage (erasing on)"] / with_views["baseline"]}
@@ -137,11 +154,15 @@ def view_seconds(high_res: int, images: int = 48, seed: int = 0) -> float:
 def markdown(r: dict) -> str:
     lines = [f"{r['model']}: input {r['img_size']} px, high-res {r['high_res']} px, batch {r['batch']}, "
              f"{r['threads']} threads, {r['repeats']} repeats (seconds per training step)", "",
-             "| step | median | min | max | images/s |", "| --- | --- | --- | --- | --- |"]
+             "| step | median | min | max | images/s | GFLOP | FLOPs / baseline |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for k, v in r["steps"].items():
-        lines.append(f"| {k} | {v['median']:.3f} | {v['min']:.3f} | {v['max']:.3f} | {r['images_per_s'][k]:.1f} |")
+        lines.append(f"| {k} | {v['median']:.3f} | {v['min']:.3f} | {v['max']:.3f} | {r['images_per_s'][k]:.1f} | "
+                     f"{r['flops'][k] / 1e9:.1f} | {r['flop_ratios'][k]:.2f}x |")
     lines += ["", f"multistage / baseline: **{r['ratio_erase_on']:.2f}x** with erasing (goal <= 4.5x), "
-                  f"**{r['ratio_erase_off']:.2f}x** without (stretch <= 4.0x)", "",
+                  f"**{r['ratio_erase_off']:.2f}x** without (stretch <= 4.0x); with the object and the parts at "
+                  f"{r['small_size']} px: **{r['ratio_small']:.2f}x**; no object crop and the parts at "
+                  f"{r['small_size']} px: **{r['ratio_parts']:.2f}x** (goal for the cheapest variant <= 3.0x)", "",
               f"A training view with the paper profile's augmentation (500x375 JPEG to {r['high_res']} px, one "
               f"thread): {1000 * r['view_seconds']:.1f} ms; with the batch's views made in the step's process, "
               f"multistage / baseline: **{r['ratio_erase_on_with_views']:.2f}x** (erasing on)"]

@@ -100,6 +100,11 @@ def main() -> None:
          f"{step['ratio_erase_on_with_views']:.2f}x", "<= 4.5x", step["ratio_erase_on_with_views"] <= 4.5),
         ("multistage / baseline train step (erasing off: stage a gives the map)", f"{step['ratio_erase_off']:.2f}x",
          "<= 4.0x (stretch)", step["ratio_erase_off"] <= 4.0),
+        (f"multistage / baseline train step, object and parts at {step['small_size']} px "
+         "(`multistage.object_size` / `part_size`; erasing on)", f"{step['ratio_small']:.2f}x", "<= 3.0x",
+         step["ratio_small"] <= 3.0),
+        (f"multistage / baseline train step, no object crop, parts from the full map at {step['small_size']} px "
+         "(the CPU profile's `parts_small`)", f"{step['ratio_parts']:.2f}x", "<= 3.0x", step["ratio_parts"] <= 3.0),
         ("localisation / forward pass", f"{100 * attention['ratio_localise']:.2f} %", "<= 5 %",
          attention["ratio_localise"] <= 0.05),
         ("capturing forward / fused forward", f"{attention['ratio_capture']:.3f}x", "<= 1.15x",
@@ -119,9 +124,10 @@ def main() -> None:
         f"{step['model']} at {step['img_size']} px (objects and parts cut from {step['high_res']} px), batch "
         f"{step['batch']}, {step['threads']} threads, {step['repeats']} repeats; seconds per training step "
         "(forward passes, joint loss, backward, optimiser step):", "",
-        "| model | seconds (min – max) | images/s |", "| --- | --- | --- |",
-        *[f"| {k} | {v['median']:.3f} ({v['min']:.3f} – {v['max']:.3f}) | {step['images_per_s'][k]:.1f} |"
-          for k, v in s.items()], "",
+        "| model | seconds (min – max) | images/s | GFLOP a step | FLOPs / baseline |",
+        "| --- | --- | --- | --- | --- |",
+        *[f"| {k} | {v['median']:.3f} ({v['min']:.3f} – {v['max']:.3f}) | {step['images_per_s'][k]:.1f} | "
+          f"{step['flops'][k] / 1e9:.1f} | {step['flop_ratios'][k]:.2f}x |" for k, v in s.items()], "",
         "## Attention capture and localisation", "",
         bench_attention.markdown(attention), "",
         "## Prepare", "",
