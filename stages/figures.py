@@ -3,9 +3,7 @@
 ``figures.images`` test images (spread over the test split), one PNG each in
 ``<report.dir>/figures/<dataset>/``: the input with the object box and the part boxes,
 the attention map over it, the image after attention erasing, the object crop with its
-attention, and the part crops. And ``<report.dir>/figures/<dataset>_compute.png``: the
-accuracy of every run of the dataset against its training FLOPs and seconds (the
-validation curve from its history, the final test accuracy from its metrics).
+attention, and the part crops.
 """
 
 import argparse
@@ -18,8 +16,6 @@ from vitfgvc.data.loader import Manifest, ManifestDataset
 from vitfgvc.errors import run_main
 from vitfgvc.inference import load_model_dir
 from vitfgvc.io import replacing_dir
-from vitfgvc.report.compute import load_histories, load_runs, write_compute_figure
-from vitfgvc.report.tables import title_of
 from vitfgvc.viz import erase_threshold, explain_items, grid_figure, select
 
 
@@ -40,11 +36,7 @@ def main() -> None:
             fig = grid_figure(images[k:k + 1], select(result, k), [title],
                               erase_threshold=erase_threshold(loaded.cfg))
             fig.savefig(tmp / f"{k + 1}.png", dpi=params.figures.dpi)
-    metrics = Path("metrics")
-    compute = write_compute_figure(out.with_name(f"{args.dataset}_compute.png"), title_of(args.dataset),
-                                   load_histories(metrics, params, args.dataset),
-                                   load_runs(metrics, params, args.dataset), dpi=params.figures.dpi)
-    print(f"figures@{args.dataset}: {len(titles)} PNGs in {out}/, accuracy against compute in {compute}")
+    print(f"figures@{args.dataset}: {len(titles)} PNGs in {out}/")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from vitfgvc.config import Params
-from vitfgvc.report.compute import (compute_figure, curve, equal_compute_table, interpolate, load_histories,
-                                    load_runs, runs_of, total, write_compute_figure)
-from vitfgvc.report.tables import build_tables, to_latex, to_markdown
+from vitfgvc.report.compute import (compute_figure, compute_png, curve, equal_compute_table, interpolate,
+                                    load_histories, load_runs, runs_of, total)
+from vitfgvc.report.tables import build_tables, to_latex, to_markdown, write
 
 from .conftest import smoke_params
 
@@ -177,11 +177,13 @@ def test_figure_without_validation_or_flops_still_draws_the_test_points():
     assert [t.get_text() for t in fig.legends[0].get_texts()] == [BASE, MS, "test, final"]
 
 
-def test_the_compute_png_is_written_whole(results, histories, tmp_path):
-    path = tmp_path / "figures" / "dogs_compute.png"
-    assert write_compute_figure(path, "Stanford Dogs", histories, runs_of(results, "dogs"), dpi=50) == path
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
-    assert sorted(p.name for p in path.parent.iterdir()) == ["dogs_compute.png"]  # no temporary file left
+def test_the_compute_png_is_written_with_the_tables(results, histories, tmp_path):
+    png = compute_png("Stanford Dogs", histories, runs_of(results, "dogs"), dpi=50)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    tables = build_tables(results, ["dogs"], {}, histories={"dogs": histories})
+    write(tables, tmp_path / "tables.md", tmp_path / "tables", title="t", files={"compute_dogs.png": png})
+    assert (tmp_path / "tables/compute_dogs.png").read_bytes() == png
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tables", "tables.md"]  # no temporary folder left
 
 
 def test_the_stage_reads_only_the_configured_runs(results, histories, tmp_path):

@@ -14,6 +14,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import re
 import runpy
 import signal
 import sys
@@ -75,8 +76,10 @@ def _digest(path: Path) -> dict[str, str]:
         data = f.read_bytes()
         if f.suffix == ".json":
             data = json.dumps({k: v for k, v in json.loads(data).items() if k not in VOLATILE}, sort_keys=True).encode()
-        if f.suffix == ".csv" and "history" in f.name:
-            continue  # per-step timings
+        if f.suffix == ".csv" and "history" in f.name or f.name.startswith("compute_"):
+            continue  # per-step timings; the tables and figures at equal compute hold training seconds
+        if f.name == "tables.md":  # ... and so does that table's section of the Markdown
+            data = re.sub(rb"### [^\n]* at equal compute.*?(?=\n### |\Z)", b"", data, flags=re.S)
         out[str(f.relative_to(path.parent))] = hashlib.sha256(data).hexdigest()
     return out
 

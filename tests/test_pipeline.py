@@ -272,4 +272,4 @@ def test_cpu_profile_resolves(tmp_path):
     project = make_project(tmp_path / "cpu", "cpu")
     stages = sorted(json.loads(project.dvc("status", "--json").stdout))
     assert stages == every_stage("params-cpu.yaml")
-    assert "baseline_equal_time@digits" in stages and "ablate@digits-no_object" in stages
+    assert "baseline_equal_time@digits" in stages and "ablate@digits-parts_small" in stages

@@ -24,7 +24,6 @@ import pandas as pd
 
 from ..config import Params
 from ..errors import UserError
-from ..io import atomic_write_bytes
 from .tables import MISSING, Table, configured_runs, title_of
 
 BASELINES = ("baseline", "baseline_equal_time")  # the complete baseline schedules, by training length
@@ -239,8 +238,10 @@ def equal_compute_table(dataset: str, results: dict, histories: dict[str, pd.Dat
         "Test accuracy: the combined prediction on the test split at the final epoch. Baseline test at these "
         "FLOPs: linear interpolation in training FLOPs between the complete baseline trainings (the baseline and "
         "the baseline given the multistage model's time, each at its final epoch); exactly a baseline's budget "
-        "gives that baseline's accuracy. Δ test = test accuracy minus it: positive where the model beats the "
-        "baseline at equal compute.",
+        "gives that baseline's accuracy. Accuracy usually rises ever more slowly with training, so the straight "
+        "line between two budgets runs under the baseline's own curve: a lower bound for the baseline, and a "
+        "positive Δ test an upper bound of the model's advantage. Δ test = test accuracy minus it: positive "
+        "where the model beats the baseline at equal compute.",
         "Final val accuracy: the combined prediction on the validation split after the last epoch. Baseline val "
         "at these FLOPs: linear interpolation of "
         + (f"{curve_of} validation curve" if curve_of else "a baseline's validation curve (none was measured here)")
@@ -316,10 +317,9 @@ def compute_figure(dataset_title: str, histories: dict[str, pd.DataFrame], resul
     return fig
 
 
-def write_compute_figure(path: str | Path, dataset_title: str, histories: dict[str, pd.DataFrame],
-                         results: dict[str, dict], *, dpi: int = 100) -> Path:
-    """:func:`compute_figure` as a PNG at ``path``, written atomically (whole or absent)."""
+def compute_png(dataset_title: str, histories: dict[str, pd.DataFrame], results: dict[str, dict], *,
+                dpi: int = 100) -> bytes:
+    """:func:`compute_figure` as PNG bytes."""
     buf = io.BytesIO()
     compute_figure(dataset_title, histories, results).savefig(buf, format="png", dpi=dpi)
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
+    return buf.getvalue()

@@ -305,15 +305,19 @@ def to_latex(t: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(tables: list[Table], markdown: Path, folder: Path, *, title: str, preamble: str = "") -> None:
-    """``folder`` (the .tex and .csv of every table) is built beside its place and renamed into it, then the
-    Markdown is written: a run killed part-way leaves each output whole or absent, never half-written."""
+def write(tables: list[Table], markdown: Path, folder: Path, *, title: str, preamble: str = "",
+          files: dict[str, bytes] | None = None) -> None:
+    """``folder`` (the .tex and .csv of every table, and ``files``: name -> bytes, the compute figures) is built
+    beside its place and renamed into it, then the Markdown is written: a run killed part-way leaves each
+    output whole or absent, never half-written."""
     from ..io import replacing_dir, write_text
 
     with replacing_dir(folder) as tmp:
         for t in tables:
             write_text(tmp / f"{t.key}.tex", to_latex(t))
             write_text(tmp / f"{t.key}.csv", t.frame().to_csv(index=False))
+        for name, data in (files or {}).items():
+            (tmp / name).write_bytes(data)
     body = "\n".join(to_markdown(t) for t in tables)
     write_text(markdown, f"# {title}\n\n{preamble}{body}")
 
