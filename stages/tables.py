@@ -29,8 +29,8 @@ def main() -> None:
     tables = build_tables(results, datasets, {d: params.ablation.variants for d in params.ablation.datasets},
                           {d: params.dataset(d).format for d in datasets}, histories)
     # each dataset at equal compute, drawn: accuracy against training FLOPs and seconds of every run
-    figures = {f"compute_{d}.png": compute_png(title_of(d), histories[d], runs_of(results, d)) for d in datasets
-               if runs_of(results, d)}
+    runs = {d: runs_of(results, d) for d in datasets}
+    figures = {f"compute_{d}.png": compute_png(title_of(d), histories[d], runs[d]) for d in datasets if runs[d]}
     title = ("CPU benchmark: the method on cluttered digits" if datasets == ["digits"]
              else "Exploring Vision Transformers for Fine-grained Classification: reproduced tables")
     out = Path(params.report.dir)

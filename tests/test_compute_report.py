@@ -10,8 +10,8 @@ import pytest
 
 from vitfgvc.config import Params
 from vitfgvc.report.compute import (compute_figure, compute_png, curve, equal_compute_table, interpolate,
-                                    load_histories, load_runs, runs_of, total)
-from vitfgvc.report.tables import build_tables, to_latex, to_markdown, write
+                                    load_histories, runs_of, total)
+from vitfgvc.report.tables import build_tables, load_results, to_latex, to_markdown, write
 
 from .conftest import smoke_params
 
@@ -203,9 +203,9 @@ def test_the_stage_reads_only_the_configured_runs(results, histories, tmp_path):
     loaded = load_histories(tmp_path, params, "dogs")
     assert list(loaded) == ["baseline", "baseline_equal_time", "ablation/no_erase"]
     assert loaded["baseline_equal_time"]["val_accuracy"].isna().sum() == 12  # validated every 4th epoch
-    assert list(load_runs(tmp_path, params, "dogs")) == ["baseline", "baseline_equal_time", "ablation/no_erase"]
-    assert load_histories(tmp_path, params, "digits") == {} and load_runs(tmp_path, params, "digits") == {}
-    t = rows(equal_compute_table("dogs", {f"dogs/{k}": v for k, v in load_runs(tmp_path, params, "dogs").items()},
-                                 loaded))
+    measured = load_results(tmp_path, params)  # as the tables stage reads them
+    assert list(runs_of(measured, "dogs")) == ["baseline", "baseline_equal_time", "ablation/no_erase"]
+    assert load_histories(tmp_path, params, "digits") == {} and runs_of(measured, "digits") == {}
+    t = rows(equal_compute_table("dogs", measured, loaded))
     assert list(t.index) == [BASE, EQUAL, MS, "ablation: no_erase"]
     assert t.loc["ablation: no_erase", "Δ val"] == 0.5 and pd.isna(t.loc[MS, "Test accuracy (%)"])

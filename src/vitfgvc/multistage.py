@@ -221,7 +221,6 @@ class MultiStage(nn.Module):
         return StageOutput(out, maps=maps, object_boxes=obj if ms.object else None, part_boxes=parts_abs,
                            views=views)
 
-
     def _logits(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         """Logits of each stage's input; the inputs of one size go through the encoder as one batch
         (every stage at the model's size: one pass for all)."""

@@ -248,7 +248,6 @@ def train_one_epoch(state: TrainState, ctx: Context, ds: ManifestDataset, sample
     # running sums of the epoch; a mid-epoch checkpoint carries them, so a resumed epoch reports the same numbers
     sums = dict(carry) if carry else {"loss": 0.0, "correct": 0.0, "images": 0, "flops": 0, "seconds": 0.0,
                                       "stages": {}}
-    sums.setdefault("flops", 0)
     stage_losses: dict[str, float] = dict(sums.pop("stages"))
     start = time.perf_counter() - sums.pop("seconds")
     bar = tqdm(total=sampler.steps, initial=state.step, desc=f"{ctx.stage} epoch {state.epoch + 1} ({phase.name})",
@@ -351,7 +350,7 @@ def _carry(epoch_sums: list[dict] | None, d: Dist) -> dict | None:
              "stages": {}}
     for s in epoch_sums:
         for k in ("loss", "correct", "images", "flops"):
-            total[k] += s.get(k, 0)
+            total[k] += s[k]
         for k, v in s["stages"].items():
             total["stages"][k] = total["stages"].get(k, 0.0) + v
     return total

@@ -15,7 +15,6 @@ No torch here: the tables stage's dependencies are its imports.
 from __future__ import annotations
 
 import io
-import json
 import math
 from pathlib import Path
 
@@ -48,20 +47,6 @@ def dataset_runs(params: Params, dataset: str) -> list[str]:
     (if the dataset is in ``pipeline.equal_time``), ``ablation/<variant>`` (if it is in ``ablation.datasets``)."""
     prefix = f"{dataset}/"
     return [k[len(prefix):] for k in configured_runs(params) if k.startswith(prefix) and _is_run(k[len(prefix):])]
-
-
-def load_runs(metrics: Path, params: Params, dataset: str) -> dict[str, dict]:
-    """``{"baseline": {...}, "ablation/no_erase": {...}}``: the metrics of ``dataset``'s configured runs that
-    have them (``metrics/<dataset>/<run>.json``); a run not evaluated yet is left out."""
-    out = {}
-    for run in dataset_runs(params, dataset):
-        path = metrics / dataset / f"{run}.json"
-        if path.is_file():
-            try:
-                out[run] = json.loads(path.read_text())
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}: not a JSON metrics file ({exc})") from None
-    return out
 
 
 def runs_of(results: dict[str, dict], dataset: str) -> dict[str, dict]:
@@ -263,7 +248,7 @@ def compute_figure(dataset_title: str, histories: dict[str, pd.DataFrame], resul
     validation curve (a marker on every validated epoch) and its final test accuracy (a star at its total).
 
     ``histories`` and ``results`` are one dataset's, keyed by run (``baseline``, ``ablation/<variant>``;
-    :func:`load_histories`, :func:`load_runs` or :func:`runs_of`). Returns a :class:`matplotlib.figure.Figure`.
+    :func:`load_histories` and :func:`runs_of`). Returns a :class:`matplotlib.figure.Figure`.
     """
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
