@@ -213,6 +213,8 @@ def test_bf16_autocast_gives_the_float32_maps_and_boxes():
             got = m(x)
     assert got.logits["a"].dtype == torch.bfloat16  # autocast is on
     assert got.maps.dtype == torch.float32 and got.object_boxes.dtype == torch.float32
+    # two code paths on the same weights and images (bf16 against float32), not learning; measured with 1, 2 and
+    # 4 threads, oneDNN off, and AVX2 / SSE4 instruction sets: maps 1.20e-3 apart, 16 of 16 boxes within a cell
     torch.testing.assert_close(got.maps, want.maps, rtol=0, atol=5e-3)
     cells = (got.object_boxes - want.object_boxes).abs().amax(1) * m.ms.map_size
     assert (cells <= 1).sum() >= 15, cells

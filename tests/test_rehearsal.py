@@ -91,8 +91,11 @@ def test_full_size_stages_take_a_step_per_phase_and_report_their_cost(tmp_path, 
         assert set(r["step_s"]) == {"frozen", "unfrozen"} and all(v > 0 for v in r["step_s"].values())
         assert r["batch"] == 16 and r["measured_batch"] == 1 and r["peak_mib"] > 0
         assert r["steps"] == (12000 // 16) * (2 + 4) and r["hours"] > 0
-    # four forward-backward passes a step: the multistage step costs more than the baseline's
-    assert rows["multistage@dogs"]["step_s"]["unfrozen"] > 2 * rows["baseline@dogs"]["step_s"]["unfrozen"]
+    # four forward-backward passes a step: the multistage step costs more than the baseline's. Counted, not timed
+    # (deterministic by construction: one step's seconds swing with whatever else the machine runs; 4.3x counted)
+    flops = {m: pd.read_csv(tmp_path / f"metrics/dogs/{m}_history.csv").set_index("phase")["flops"]
+             for m in ("baseline", "multistage")}
+    assert flops["multistage"]["unfrozen"] > 3 * flops["baseline"]["unfrozen"]
     assert "| baseline@dogs | 384 px (views 448 px) | 16 |" in text and "evaluate of multistage@dogs" in text
     assert "Computed GPU memory at the paper's batches" in text and rehearsal.hours_total(text) > 0
     assert "12000/8580" in text
