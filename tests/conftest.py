@@ -9,6 +9,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto`` (pyproject's addopts): one worker per CPU this process may run on (psutil's physical count
+    can say 1 on a 2-vCPU machine), at most 8: ``--dist loadscope`` hands out whole modules, and the smoke
+    pipeline's module alone is about 40 % of the suite."""
+    import os
+
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
