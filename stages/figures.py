@@ -27,7 +27,7 @@ def main() -> None:
     params = load_params(args.params)
     loaded = load_model_dir(Path("models") / args.dataset / "multistage")
     test = ManifestDataset(Manifest.read(Path("data/prepared") / args.dataset), "test", loaded.input_size,
-                           train=False, transform=loaded.cfg.transform)
+                           train=False, transform=loaded.cfg.transform, on_device=params.runtime.augment == "device")
     picks = np.linspace(0, len(test) - 1, min(params.figures.images, len(test))).round().astype(int)
     images, result, titles = explain_items(loaded.model, test, picks, loaded.classes)
     out = Path(params.report.dir) / "figures" / args.dataset

@@ -129,7 +129,7 @@ def test_second_repro_runs_nothing(smoke):
 def test_runtime_keys_rerun_nothing(smoke):
     project, _, _ = smoke
     proc = project.dvc("exp", "run", "-S", "runtime.workers=1", "-S", "runtime.eval_batch_size=3",
-                       "-S", "runtime.ckpt_every=7")
+                       "-S", "runtime.ckpt_every=7", "-S", "runtime.augment=per_sample")
     assert stages_run(proc.stdout + proc.stderr) == []
 
 

@@ -185,7 +185,7 @@ class TransformSection(Section):
     Training: a random resized crop of the stored image to ``high_res``, then per sample a
     flip, one affine/perspective resampling (rotation, zoom, warp; reflection padding) and
     lighting (brightness, contrast in logit space), then normalisation and optional noise.
-    Evaluation: ``eval_view``. See ``vitfgvc.data.transforms`` for the exact draws.
+    Evaluation: ``eval_view``. See ``vitfgvc.data.per_item`` for the exact draws.
     """
 
     rrc_scale: Annotated[list[Annotated[float, _in(0, 1, lo_open=True)]], Field(min_length=2, max_length=2),
@@ -297,6 +297,9 @@ class RuntimeSection(Section):
     """How to run, never what is computed: no stage declares these keys as params, so changing
     one re-runs nothing, and a training resumed with other values continues its checkpoint."""
 
+    # where the training views' flip, rotation, zoom, warp and lighting run: batched on the training device after
+    # the loader (vitfgvc.data.on_device), or per item in the loader's workers; the same views to float rounding
+    augment: Literal["device", "per_sample"] = "device"
     workers: NonNegInt = 4
     threads: NonNegInt = 0
     nproc: PosInt = 1

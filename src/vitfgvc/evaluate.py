@@ -130,7 +130,8 @@ def evaluate_model(model_dir: Path, data: Path, out_dir: Path, metrics_path: Pat
     loaded = load_model_dir(model_dir, device)
     cfg, classes = loaded.cfg, loaded.classes
     training = json.loads((Path(model_dir) / TRAINING_SUMMARY).read_text())
-    test_ds = ManifestDataset(Manifest.read(data), "test", loaded.input_size, train=False, transform=cfg.transform)
+    test_ds = ManifestDataset(Manifest.read(data), "test", loaded.input_size, train=False, transform=cfg.transform,
+                              on_device=runtime.augment == "device")
     images = test_ds if not runtime.limit_eval else \
         torch.utils.data.Subset(test_ds, range(min(runtime.limit_eval, len(test_ds))))  # a rehearsal
     loader = make_loader(images, batch_size=runtime.eval_batch_size, workers=runtime.workers, device=device)

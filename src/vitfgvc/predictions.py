@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from . import labels
+from .data.on_device import batch_views
 
 
 @dataclass
@@ -49,9 +50,10 @@ def predict(model, loader, device: torch.device, autocast) -> Predictions:
     index, targets, boxes, obj = [], [], [], []
     probs: dict[str, list] = {}
     try:
-        for images, y, idx, true_boxes, draws in loader:
+        for images, y, idx, true_boxes, draws, aug in loader:
+            images = batch_views(images, aug, device)
             with autocast():  # the dataset's per-image draws: a random fallback box does not depend on batching
-                out = model(images.to(device, non_blocking=True), draws.to(device))
+                out = model(images, draws.to(device))
             for k, v in out.probabilities().items():
                 probs.setdefault(k, []).append(v.float().cpu().numpy())
             index.append(idx.numpy())

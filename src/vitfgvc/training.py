@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from .config import RunConfig, RuntimeSection
 from .data.loader import EpochBatches, Manifest, ManifestDataset
+from .data.on_device import batch_views
 from .devices import Dist, autocast_for, device_for, keep_freed_memory, make_loader, peak_memory_mib
 from .errors import UserError
 from .inference import CLASSES, CONFIG, TRAINING_SUMMARY, WEIGHTS
@@ -259,9 +260,10 @@ def train_one_epoch(state: TrainState, ctx: Context, ds: ManifestDataset, sample
         while state.step < sampler.steps:
             for a in range(rt.accum_steps):
                 t0 = time.perf_counter()
-                images, labels, _idx, _boxes, draws = next(micro)
+                images, labels, _idx, _boxes, draws, aug = next(micro)
                 waited += time.perf_counter() - t0
-                images, labels, draws = (x.to(device, non_blocking=True) for x in (images, labels, draws))
+                images = batch_views(images, aug, device)  # the views' augmentation, on the device (runtime.augment)
+                labels, draws = (x.to(device, non_blocking=True) for x in (labels, draws))
                 last = a == rt.accum_steps - 1
                 no_sync = wrapped.no_sync if (d.world > 1 and not last) else contextlib.nullcontext
                 # the FLOPs of a micro-step depend on the phase (what trains), the stages that run and the shape
@@ -400,8 +402,10 @@ def train(cfg: RunConfig, runtime: RuntimeSection, paths: RunPaths, *, stage: st
 
     manifest = Manifest.read(paths.data)
     size = cfg.high_res  # both models take the high-res view (the baseline resizes it), as in the original
-    train_ds = ManifestDataset(manifest, "train", size, train=True, transform=cfg.transform, seed=cfg.seed)
-    val_ds = ManifestDataset(manifest, "val", size, train=False, transform=cfg.transform) \
+    on_device = runtime.augment == "device"
+    train_ds = ManifestDataset(manifest, "train", size, train=True, transform=cfg.transform, seed=cfg.seed,
+                               on_device=on_device)
+    val_ds = ManifestDataset(manifest, "val", size, train=False, transform=cfg.transform, on_device=on_device) \
         if (manifest.table["split"] == "val").any() else None
     sampler = EpochBatches(len(train_ds), cfg.train.batch_size, seed=cfg.seed, rank=d.rank, world=d.world,
                            accum=runtime.accum_steps, limit=runtime.limit_steps)

@@ -18,6 +18,7 @@ from matplotlib.patches import Rectangle
 from .augment import attention_erase
 from .config import AugSection, RunConfig
 from .data.loader import denormalize
+from .data.on_device import batch_views
 from .localize import crop_resize
 from .multistage import StageOutput
 
@@ -131,8 +132,9 @@ def explain_items(model, ds, indices, classes: list[str]) -> tuple[torch.Tensor,
     """Items ``indices`` of an evaluation dataset explained by ``model``: the images, the output, a title each."""
     device = next(model.parameters()).device
     items = [ds[int(i)] for i in indices]
-    images = torch.stack([it[0] for it in items])
-    out = explain(model, images.to(device), torch.stack([it[4] for it in items]).to(device))
+    images = batch_views(torch.stack([it[0] for it in items]),
+                         {"params": torch.stack([it[5]["params"] for it in items])}, device)
+    out = explain(model, images, torch.stack([it[4] for it in items]).to(device))
     pred = out.probabilities()["combined"].argmax(1).cpu()
     titles = [f"true: {classes[it[1]]}\npredicted: {classes[int(p)]}" for it, p in zip(items, pred)]
     return images, out, titles

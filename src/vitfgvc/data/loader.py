@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from ..config import TransformSection
 from ..errors import UserError
 from ..images import ImageRejected, open_rgb
-from .transforms import eval_view, train_view
+from .per_item import eval_view, identity_aug, to_uint8, train_item, train_view
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -107,18 +107,24 @@ class ManifestDataset(Dataset):
     """Images of one split at ``size`` x ``size``, with label, index, box and per-sample draws.
 
     Items are ``(image [3, size, size], label, index, box_xyxy [4] in fractions of
-    the view (NaN if none or out of the view), draws [NUM_DRAWS] uniforms (columns: :class:`Draw`))``. The
-    view is ``transform``'s training view (``train=True``) or its evaluation view; see
-    :mod:`vitfgvc.data.transforms`.
+    the view (NaN if none or out of the view), draws [NUM_DRAWS] uniforms (columns: :class:`Draw`),
+    aug)``. The view is ``transform``'s training view (``train=True``) or its evaluation view;
+    see :mod:`vitfgvc.data.per_item`. ``on_device=False``: the image is the finished view,
+    normalised (float), and ``aug`` changes nothing. ``on_device=True``: the image is ``uint8``
+    ``[size, size, 3]``, the crop before anything else, and ``aug`` (``{"params": [NUM_AUG]}``, plus ``"noise"`` with
+    ``transform.noise``) holds the rest, which :func:`vitfgvc.data.on_device.batch_views` applies to
+    the batch on the training device. Either way, :func:`~vitfgvc.data.on_device.batch_views` of a
+    batch gives the model's input.
     """
 
     def __init__(self, manifest: Manifest, split: str, size: int, *, train: bool,
-                 transform: TransformSection | None = None, seed: int = 0):
+                 transform: TransformSection | None = None, seed: int = 0, on_device: bool = False):
         self.root = manifest.root
         self.rows = manifest.split(split)
         if not len(self.rows):
             raise ManifestError(f"{manifest.root / 'manifest.csv'}: the {split!r} split is empty")
         self.size, self.train, self.transform, self.seed = size, train, transform or TransformSection(), seed
+        self.on_device = on_device
         self.epoch = 0
         self.labels = self.rows["label"].to_numpy()
         w, h = self.rows["width"].to_numpy(float), self.rows["height"].to_numpy(float)
@@ -141,15 +147,19 @@ class ManifestDataset(Dataset):
         box_xyxy = torch.tensor(self.boxes[index] * (w, h, w, h), dtype=torch.float32)
         g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, index))
         draws = torch.rand(NUM_DRAWS, generator=g)
+        label = int(self.labels[index])
         if not self.train:
-            x, box = eval_view(img, box_xyxy, self.size, self.transform)
-            return normalize(x), int(self.labels[index]), index, box, draws
+            x, box = eval_view(img, box_xyxy, self.size, self.transform, as_uint8=self.on_device)
+            return (x if self.on_device else normalize(x)), label, index, box, draws, {"params": identity_aug()}
         # the box follows the view (diagnostics only: training never reads it)
+        if self.on_device:
+            x, box, params, noise = train_item(img, box_xyxy, self.size, self.transform, g)
+            return x, label, index, box, draws, {"params": params, **({"noise": noise} if noise is not None else {})}
         x, box = train_view(img, box_xyxy, self.size, self.transform, g)
         x = normalize(x)
         if self.transform.noise > 0:
             x = x + self.transform.noise * torch.randn(x.shape, generator=g)
-        return x, int(self.labels[index]), index, box, draws
+        return x, label, index, box, draws, {"params": identity_aug()}
 
 
 class EpochBatches(torch.utils.data.Sampler):

@@ -1,4 +1,5 @@
-"""The standard image views, as the authors' fastai recipe built them, drawn per sample.
+"""The standard image views, as the authors' fastai recipe built them, drawn per sample: what the data
+loader's workers do, one item at a time.
 
 The original read each image at full resolution and trained on
 ``RandomResizedCrop(448, min_scale=0.75)`` followed, on the batch, by fastai's
@@ -13,6 +14,13 @@ the same whatever the workers, processes or resumes. Each draw follows fastai's
 source (``fastai/vision/augment.py``): the ranges and the coin of each transform
 are pinned by ``tests/test_transforms.py``.
 
+Two ways to make a training view from the same draws (``runtime.augment``):
+:func:`train_view` does everything here, per item (``per_sample``);
+:func:`train_item` does only what must be per item (decode, the random resized crop,
+every draw, the box) and returns the crop as ``uint8`` with the parameters of the rest,
+which :mod:`vitfgvc.data.on_device` applies to the whole batch on the training device
+(``device``, as fastai ran its ``aug_transforms``).
+
 Conventions: images are ``[3, H, W]`` floats in [0, 1] (or PIL images before the
 first resampling); boxes are ``xyxy`` in pixels of their canvas, pixel ``i``
 spanning ``[i, i + 1]`` (torchvision's convention). A view returns its box in
@@ -23,6 +31,7 @@ box does, so box metrics skip it rather than score an empty box.
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 
@@ -39,9 +48,15 @@ BILINEAR = InterpolationMode.BILINEAR
 LOGIT_EPS = 1e-7  # fastai's logit clamps to [1e-7, 1 - 1e-7]
 
 
+def to_uint8(img: Image.Image, *, channels_last: bool = False) -> torch.Tensor:
+    """RGB PIL image -> ``[3, H, W]`` uint8 (``channels_last``: ``[H, W, 3]``, as decoded, with no transposition)."""
+    x = torch.from_numpy(np.array(img, dtype=np.uint8))
+    return x if channels_last else x.permute(2, 0, 1)
+
+
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """RGB PIL image -> ``[3, H, W]`` float in [0, 1]."""
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
+    return to_uint8(img).float().div_(255)
 
 
 def _boxes(box_xyxy: torch.Tensor, w: int, h: int) -> tv_tensors.BoundingBoxes | None:
@@ -106,8 +121,9 @@ def extra_pixels(size: int, fraction: float) -> int:
 
 
 def eval_view(img: Image.Image, box_xyxy: torch.Tensor | None, size: int,
-              t: TransformSection) -> tuple[torch.Tensor, torch.Tensor]:
-    """The evaluation view ``[3, size, size]`` in [0, 1] and its box (fractions).
+              t: TransformSection, *, as_uint8: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The evaluation view ``[3, size, size]`` in [0, 1] (``as_uint8``: ``[size, size, 3]`` ``uint8``, as
+    :func:`train_item` gives its crop) and its box (fractions).
 
     ``center_crop`` (fastai's RandomResizedCrop at validation): the whole image squashed
     to ``size + extra`` square, then the central ``size`` x ``size``; ``squash``: the
@@ -120,7 +136,7 @@ def eval_view(img: Image.Image, box_xyxy: torch.Tensor | None, size: int,
     if big != size:
         img = F.center_crop(img, [size, size])
         boxes = None if boxes is None else F.center_crop(boxes, [size, size])
-    return to_tensor(img), _fractions(boxes, size)
+    return (to_uint8(img, channels_last=True) if as_uint8 else to_tensor(img)), _fractions(boxes, size)
 
 
 # ----------------------------------------------------- flip, rotation, zoom and warp
@@ -204,15 +220,13 @@ def affine(x: torch.Tensor, boxes, d: AffineDraw):
     fastai's ``grid_sample(padding_mode='reflection')`` gives the same pixels. The box
     goes through the same ``perspective`` (its corners mapped, boxed and clipped).
     """
-    if not d.resamples:
-        if d.flip:
-            x = F.horizontal_flip(x)
-            boxes = None if boxes is None else F.horizontal_flip(boxes)
-        return x, boxes
     size = x.shape[-1]
+    if not d.resamples:
+        return (F.horizontal_flip(x) if d.flip else x), affine_box(boxes, d, size)
     start, end = _perspective_points(d, size)
     # where the view's corners come from in the input: the inverse map, i.e. the points swapped
-    view = tv_tensors.KeyPoints([[0, 0], [size, 0], [size, size], [0, size]], canvas_size=(size, size))
+    # (float corners: integer keypoints come back truncated, a pixel short of the padding a corner needs)
+    view = tv_tensors.KeyPoints([[0.0, 0.0], [size, 0.0], [size, size], [0.0, size]], canvas_size=(size, size))
     source = F.perspective(view, startpoints=end, endpoints=start).as_subclass(torch.Tensor)
     lo, hi = source.amin(0), source.amax(0)
     # bilinear reads pixels floor(p - 0.5) and the next one
@@ -222,8 +236,27 @@ def affine(x: torch.Tensor, boxes, d: AffineDraw):
     start_p, end_p = ([[px + left, py + top] for px, py in pts] for pts in (start, end))  # the padded frame
     x = F.crop(F.perspective(padded, startpoints=start_p, endpoints=end_p, interpolation=BILINEAR),
                top, left, size, size)
-    boxes = None if boxes is None else F.perspective(boxes, startpoints=start, endpoints=end)
-    return x, boxes
+    return x, affine_box(boxes, d, size, (start, end))
+
+
+def affine_box(boxes, d: AffineDraw, size: int, points=None):
+    """The box through one sample's flip/rotate/zoom/warp of a ``size`` x ``size`` view (None stays None)."""
+    if boxes is None:
+        return None
+    if not d.resamples:
+        return F.horizontal_flip(boxes) if d.flip else boxes
+    start, end = points or _perspective_points(d, size)
+    return F.perspective(boxes, startpoints=start, endpoints=end)
+
+
+def perspective_coefficients(d: AffineDraw, size: int, points=None) -> list[float]:
+    """The 8 coefficients ``(a, b, c, d, e, f, g, h)`` of one sample's resampling, as torchvision's
+    ``perspective`` computes them (float32 values): the output pixel ``(x, y)`` (pixel ``i`` spanning
+    ``[i, i + 1]``) reads the input at ``((a x + b y + c) / (g x + h y + 1), (d x + e y + f) / (g x + h y + 1))``."""
+    from torchvision.transforms.functional import _get_perspective_coeffs
+
+    start, end = points or _perspective_points(d, size)
+    return _get_perspective_coeffs(start, end)  # as perspective(startpoints=start, endpoints=end) computes them
 
 
 # --------------------------------------------------------------------------- lighting
@@ -270,3 +303,51 @@ def train_view(img: Image.Image, box_xyxy: torch.Tensor | None, size: int, t: Tr
     x, boxes = affine(to_tensor(img), boxes, draw_affine(t, g))
     x = lighting(x, draw_lighting(t, g))
     return x, _fractions(boxes, size)
+
+
+class Aug(enum.IntEnum):
+    """The columns of a training item's augmentation parameters (:func:`train_item`), float64."""
+
+    RESAMPLE = 0   # 1: resample with COEFFS (rotation, zoom or warp is on; a flip is then part of the map)
+    FLIP = 1       # 1: a horizontal flip and nothing else geometric
+    COEFFS = 2     # this and the next 7: perspective_coefficients
+    LIGHT = 10     # 1: brightness and contrast are on
+    SHIFT = 11     # logit(brightness)
+    CONTRAST = 12
+
+
+NUM_AUG = Aug.CONTRAST + 1
+
+
+def identity_aug() -> torch.Tensor:
+    """Parameters that change nothing: an evaluation item's, or a view already made per sample."""
+    p = torch.zeros(NUM_AUG, dtype=torch.float64)
+    p[Aug.CONTRAST] = 1.0
+    return p
+
+
+def train_item(img: Image.Image, box_xyxy: torch.Tensor | None, size: int, t: TransformSection,
+               g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """What :func:`train_view` does per item, and the rest as parameters: the random resized crop as ``uint8``
+    ``[size, size, 3]`` (channels last: the layout the decoder gives, turned on the device), its box after every
+    transform (fractions), the augmentation parameters (:class:`Aug`) and the additive noise (``transform.noise``
+    x a standard normal draw; None when off). The same draws from ``g``, in the same order, as :func:`train_view`."""
+    boxes = None if box_xyxy is None else _boxes(box_xyxy, img.width, img.height)
+    img, boxes = random_resized_crop(img, boxes, size, t, g)
+    geometry, light = draw_affine(t, g), draw_lighting(t, g)
+    p = [0.0] * NUM_AUG
+    points = None
+    if geometry.resamples:
+        points = _perspective_points(geometry, size)
+        p[Aug.RESAMPLE] = 1.0
+        p[Aug.COEFFS:Aug.COEFFS + 8] = perspective_coefficients(geometry, size, points)
+    elif geometry.flip:
+        p[Aug.FLIP] = 1.0
+    p[Aug.CONTRAST] = 1.0
+    if (light.brightness, light.contrast) != (0.5, 1.0):
+        p[Aug.LIGHT] = 1.0
+        p[Aug.SHIFT] = math.log(light.brightness / (1 - light.brightness))
+        p[Aug.CONTRAST] = light.contrast
+    noise = t.noise * torch.randn((3, size, size), generator=g) if t.noise > 0 else None
+    box = _fractions(affine_box(boxes, geometry, size, points), size)
+    return to_uint8(img, channels_last=True), box, torch.tensor(p, dtype=torch.float64), noise
