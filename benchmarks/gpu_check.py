@@ -213,8 +213,6 @@ def measure_models(data: dict, manifest, device, autocast, batch_size: int, warm
 
 def measure_loader(data: dict, manifest, device, autocast, batch_size: int, workers: int, steps_n: int) -> dict:
     """Baseline training steps fed by the training loader with ``workers`` workers: the share of waiting."""
-    import torch
-
     from vitfgvc.data.loader import ManifestDataset
     from vitfgvc.devices import make_loader
 

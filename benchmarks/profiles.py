@@ -248,7 +248,8 @@ def run_seeds(dest: Path, profile: Profile, env: dict[str, str], base: dict, arg
 
 
 def run_rehearsal(dest: Path, profile: Profile, env: dict[str, str], args) -> None:
-    """The paper's DAG stage by stage (each timed) in the copy, then reports/rehearsal[-gpu].md."""
+    """The paper's DAG stage by stage (each timed) in the copy, then reports/rehearsal.md (on a GPU
+    reports/rehearsal-dag-gpu.md; reports/rehearsal-gpu.md is benchmarks/gpu_check.py's)."""
     import json
 
     import torch
@@ -279,7 +280,7 @@ def run_rehearsal(dest: Path, profile: Profile, env: dict[str, str], args) -> No
             timings[stage] = round(seconds, 2)
         print(f"rehearsal: {stage} {timings[stage]:.1f} s", flush=True)
         timings_path.write_text(json.dumps(timings, indent=1))
-    name = "reports/rehearsal-gpu.md" if gpu else "reports/rehearsal.md"
+    name = "reports/rehearsal-dag-gpu.md" if gpu else "reports/rehearsal.md"
     text = rehearsal.report(dest, base, derived, timings, command=" ".join(["python benchmarks/profiles.py",
                                                                            *sys.argv[1:]]))
     (ROOT / name).write_text(text)

@@ -6,7 +6,8 @@
 2. localisation (rollout + object box + part boxes) / one forward pass (goal <= 5 %);
 3. attention-capturing forward / timm's fused forward (goal <= 1.15x);
 4. prepare images/s / a bare PIL decode+resize+save loop (goal >= 0.8x);
-5. a no-op ``dvc repro`` of the whole smoke pipeline (goal <= 3 s).
+5. a no-op ``dvc repro`` of the whole smoke pipeline (goal <= 3 s);
+6. the training loader's items/s per core with the augmentation on the device / per sample (goal >= 3x).
 
 Each figure is the median over repeats, with the spread.
 
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # benchmarks.profiles
 
 import bench_attention  # noqa: E402
+import bench_loader  # noqa: E402
 import bench_prepare  # noqa: E402
 import bench_train_step  # noqa: E402
 
@@ -78,19 +80,25 @@ def machine() -> str:
 
 
 def main() -> None:
+    import torch
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats and smaller models (a smoke check)")
     ap.add_argument("--out", default=str(ROOT / "reports/performance.md"))
     args = ap.parse_args()
     repeats = 2 if args.quick else 5
-    print("1/5 train step ...", flush=True)
+    print("1/6 train step ...", flush=True)
     step = bench_train_step.measure(batch=8, repeats=repeats, threads=2)
-    print("2-3/5 forward, capture, localisation ...", flush=True)
+    print("2-3/6 forward, capture, localisation ...", flush=True)
     attention = bench_attention.measure(batch=8 if not args.quick else 2, repeats=repeats, threads=2)
-    print("4/5 prepare ...", flush=True)
+    print("4/6 prepare ...", flush=True)
     prepare = bench_prepare.measure(images=400 if not args.quick else 100, workers=2, repeats=3)
-    print("5/5 no-op dvc repro (runs the smoke pipeline first) ...", flush=True)
+    print("5/6 no-op dvc repro (runs the smoke pipeline first) ...", flush=True)
     noop = noop_repro(repeats=repeats)
+    print("6/6 the training loader ...", flush=True)
+    threads = torch.get_num_threads()  # the loader is timed per core, on one thread
+    loader = bench_loader.measure(images=96 if not args.quick else 32, repeats=3 if not args.quick else 1)
+    torch.set_num_threads(threads)
 
     s = step["steps"]
     rows = [
@@ -112,6 +120,8 @@ def main() -> None:
         ("prepare / bare PIL loop (images/s)", f"{prepare['ratio']:.2f}x", ">= 0.8x", prepare["ratio"] >= 0.8),
         ("no-op `dvc repro` (whole smoke pipeline)", f"{statistics.median(noop['times']):.2f} s", "<= 3 s",
          statistics.median(noop["times"]) <= 3),
+        ("training loader items/s per core, augmentation on the device / per sample", f"{loader['ratio']:.2f}x",
+         ">= 3x", loader["ratio"] >= 3),
     ]
     lines = [
         "# Performance", "",
@@ -137,7 +147,9 @@ def main() -> None:
         f"{sum(noop['stages'].values()):.0f} s; then `dvc repro` with nothing to do took "
         f"{_spread(noop['times'], '{:.2f}')} s over {len(noop['times'])} runs.", "",
         "| stage | seconds |", "| --- | --- |",
-        *[f"| {k} | {v:.1f} |" for k, v in noop["stages"].items()],
+        *[f"| {k} | {v:.1f} |" for k, v in noop["stages"].items()], "",
+        "## The training loader", "",
+        *bench_loader.lines(loader),
     ]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from ..config import TransformSection
 from ..errors import UserError
 from ..images import ImageRejected, open_rgb
-from .per_item import eval_view, identity_aug, to_uint8, train_item, train_view
+from .per_item import eval_view, identity_aug, train_item, train_view
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
