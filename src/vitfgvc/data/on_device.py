@@ -46,29 +46,34 @@ def perspective_grids(coeffs: torch.Tensor, size: int) -> torch.Tensor:
 
 def batch_views(images: torch.Tensor, aug: dict, device: torch.device) -> torch.Tensor:
     """The loader's batch on ``device`` as the model's input: ``uint8`` crops ``[B, H, W, 3]`` made into
-    normalised views ``[B, 3, H, W]`` with their parameters (``aug["params"]`` ``[B, NUM_AUG]``, ``aug.get("noise")``); a float batch (views the
-    workers finished, ``runtime.augment: per_sample``) is only moved."""
+    normalised views ``[B, 3, H, W]`` with their parameters (``aug["params"]`` ``[B, NUM_AUG]``, and
+    ``aug["noise"]`` with ``transform.noise``); a float batch (views the workers finished,
+    ``runtime.augment: per_sample``) is only moved."""
     if images.dtype != torch.uint8:
         return images.to(device, non_blocking=True)
     x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).to(torch.float32,
                                                                      memory_format=torch.contiguous_format).div_(255)
     p = aug["params"]  # on the CPU: which images need what is decided there, with no wait for the device
 
-    def rows(column: Aug) -> torch.Tensor | None:
-        picked = torch.nonzero(p[:, column] > 0).flatten()
-        return picked.to(device, non_blocking=True) if len(picked) else None
+    def on_rows(column: Aug, fn) -> None:
+        """``x[i] = fn(x[i], params[i])`` for the images ``i`` whose ``column`` is set (in place, all at once)."""
+        nonlocal x
+        picked = p[:, column] > 0
+        if not picked.any():
+            return
+        if picked.all():
+            x = fn(x, p.to(device, non_blocking=True))
+            return
+        rows = torch.nonzero(picked).flatten().to(device, non_blocking=True)
+        x[rows] = fn(x[rows], p[picked].to(device, non_blocking=True))
 
-    if (flip := rows(Aug.FLIP)) is not None:
-        x[flip] = x[flip].flip(-1)
-    if (resample := rows(Aug.RESAMPLE)) is not None:
-        coeffs = p[p[:, Aug.RESAMPLE] > 0, Aug.COEFFS:Aug.COEFFS + 8].to(device, non_blocking=True)
-        x[resample] = TF.grid_sample(x[resample], perspective_grids(coeffs, x.shape[-1]), mode="bilinear",
-                                     padding_mode="reflection", align_corners=True)
-    if (light := rows(Aug.LIGHT)) is not None:
-        lit = p[p[:, Aug.LIGHT] > 0]
-        shift = lit[:, Aug.SHIFT].float().view(-1, 1, 1, 1).to(device, non_blocking=True)
-        contrast = lit[:, Aug.CONTRAST].float().view(-1, 1, 1, 1).to(device, non_blocking=True)
-        x[light] = torch.sigmoid((torch.logit(x[light], eps=LOGIT_EPS) + shift) * contrast)
+    on_rows(Aug.FLIP, lambda v, q: v.flip(-1))
+    on_rows(Aug.RESAMPLE, lambda v, q: TF.grid_sample(
+        v, perspective_grids(q[:, Aug.COEFFS:Aug.COEFFS + 8], v.shape[-1]), mode="bilinear",
+        padding_mode="reflection", align_corners=True))
+    on_rows(Aug.LIGHT, lambda v, q: torch.sigmoid(
+        (torch.logit(v, eps=LOGIT_EPS) + q[:, Aug.SHIFT].float().view(-1, 1, 1, 1))
+        * q[:, Aug.CONTRAST].float().view(-1, 1, 1, 1)))
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     x = (x - mean) / std
