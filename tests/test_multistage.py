@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitfgvc.augment import attention_erase
+from vitfgvc.attention_augment import attention_erase
 from vitfgvc.config import Params
 from vitfgvc.data.loader import NUM_DRAWS, Draw
 from vitfgvc.localize import compose_boxes, crop_resize, object_boxes, part_boxes, random_boxes

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import last_layer, rollout
-from .augment import attention_crop_boxes, attention_erase
+from .attention_augment import attention_crop_boxes, attention_erase
 from .config import RunConfig
 from .data.loader import NUM_DRAWS, Draw
 from .localize import compose_boxes, crop_resize, object_boxes, part_boxes

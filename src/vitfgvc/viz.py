@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .augment import attention_erase
+from .attention_augment import attention_erase
 from .config import AugSection, RunConfig
 from .data.loader import denormalize
 from .data.on_device import batch_views

@@ -7,6 +7,10 @@ the caller passes (``u_apply``: image ``i`` is augmented when ``u_apply[i] < p``
 so that a training loop can take them from each sample's own seeded draws and the
 result does not depend on how a batch is split across processes. Left out, they
 are drawn from torch's global generator. No function modifies its inputs.
+
+These run inside the multistage model's forward pass, on a stage's attention; the image
+augmentation before the model lives in :mod:`vitfgvc.data.per_item` (per item, in the
+loader's workers) and :mod:`vitfgvc.data.on_device` (batched, on the training device).
 """
 
 from __future__ import annotations

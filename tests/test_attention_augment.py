@@ -3,7 +3,7 @@ import pytest
 import torch
 from skimage.transform import resize
 
-from vitfgvc.augment import attention_crop, attention_crop_boxes, attention_erase
+from vitfgvc.attention_augment import attention_crop, attention_crop_boxes, attention_erase
 from vitfgvc.localize import crop_resize
 
 
