@@ -14,7 +14,8 @@ from pathlib import Path
 from vitfgvc.config import load_params
 from vitfgvc.errors import run_main
 from vitfgvc.report.compute import compute_png, load_histories, runs_of
-from vitfgvc.report.tables import build_tables, load_results, preamble, title_of, write
+from vitfgvc.report.results import load_results, title_of
+from vitfgvc.report.tables import build_tables, preamble, write
 
 
 def main() -> None:

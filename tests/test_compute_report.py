@@ -11,7 +11,8 @@ import pytest
 from vitfgvc.config import Params
 from vitfgvc.report.compute import (compute_figure, compute_png, curve, equal_compute_table, interpolate,
                                     load_histories, runs_of, total)
-from vitfgvc.report.tables import build_tables, load_results, to_latex, to_markdown, write
+from vitfgvc.report.results import load_results
+from vitfgvc.report.tables import build_tables, to_latex, to_markdown, write
 
 from .conftest import smoke_params
 

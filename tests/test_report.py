@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from vitfgvc.config import Params
-from vitfgvc.report.tables import build_tables, load_results, preamble, published, to_latex, to_markdown, write
+from vitfgvc.report.results import load_results
+from vitfgvc.report.tables import build_tables, preamble, published, to_latex, to_markdown, write
 from vitfgvc.training import equal_time_config
 
 from .conftest import smoke_params

@@ -23,7 +23,7 @@ import pandas as pd
 
 from ..config import Params
 from ..errors import UserError
-from .tables import MISSING, Table, configured_runs, title_of
+from .results import MISSING, Table, configured_runs, title_of
 
 BASELINES = ("baseline", "baseline_equal_time")  # the complete baseline schedules, by training length
 RUN_LABELS = {"baseline": "ViT (baseline, full image)",
@@ -50,7 +50,7 @@ def dataset_runs(params: Params, dataset: str) -> list[str]:
 
 
 def runs_of(results: dict[str, dict], dataset: str) -> dict[str, dict]:
-    """The runs of one dataset in :func:`~vitfgvc.report.tables.load_results`' answer, keyed as the histories."""
+    """The runs of one dataset in :func:`~vitfgvc.report.results.load_results`' answer, keyed as the histories."""
     prefix = f"{dataset}/"
     return {k[len(prefix):]: r for k, r in results.items() if k.startswith(prefix) and _is_run(k[len(prefix):])}
 
@@ -197,7 +197,7 @@ def _tflop_digits(values: list[float | None]) -> int:
 def equal_compute_table(dataset: str, results: dict, histories: dict[str, pd.DataFrame]) -> Table:
     """Each run of ``dataset`` beside the baseline given the same training FLOPs.
 
-    ``results``: :func:`~vitfgvc.report.tables.load_results`' answer (``"<dataset>/<run>"`` keys);
+    ``results``: :func:`~vitfgvc.report.results.load_results`' answer (``"<dataset>/<run>"`` keys);
     ``histories``: that dataset's histories, run -> DataFrame (:func:`load_histories`).
     """
     runs = ["baseline", "multistage", *runs_of(results, dataset), *histories]

@@ -5,13 +5,13 @@ Under them come this run's measured rows: the ViT baseline and the multistage
 model per stage and combined, each beside the paper's own "ViT" or "Ours"
 number and the difference. A number that was not measured is shown as "—"
 with a footnote; nothing is invented. Each table is written as Markdown,
-LaTeX and CSV.
+LaTeX and CSV. The table type and the results read from ``metrics/`` are
+:mod:`vitfgvc.report.results`'; each dataset at equal compute is
+:mod:`vitfgvc.report.compute`'s.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -19,11 +19,10 @@ import pandas as pd
 import yaml
 
 from .. import labels
-from ..config import Params, flatten
-from ..data.datasets import SPECS
+from ..config import flatten
+from .compute import equal_compute_table
+from .results import DATASET_TITLES, MISSING, Table, title_of
 
-DATASET_TITLES = {name: spec.title for name, spec in SPECS.items() if not spec.user}
-MISSING = "—"
 NOT_MEASURED = "— : not measured in this run (its dataset or stage is not part of this profile)."
 STAGE_ROWS = [(labels.metric(s), labels.row(s)) for s in (*labels.PER_STAGE, "combined")]
 STAGE_COLUMNS = [labels.column(s) for s in (*labels.PER_STAGE, "combined")]
@@ -31,40 +30,6 @@ STAGE_COLUMNS = [labels.column(s) for s in (*labels.PER_STAGE, "combined")]
 
 def published() -> dict:
     return yaml.safe_load(resources.files("vitfgvc.report").joinpath("published.yaml").read_text())
-
-
-@dataclass
-class Table:
-    key: str                          # file stem
-    title: str
-    columns: list[str]
-    rows: list[list]                  # cells: str, number or None (not measured)
-    section: int | None = None        # index of the first measured row
-    notes: list[str] = field(default_factory=list)
-    digits: dict[str, int] = field(default_factory=dict)  # column -> decimals shown (default 2)
-
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=self.columns)
-
-
-# ---------------------------------------------------------------- the results
-def load_results(metrics: Path, params: Params) -> dict[str, dict]:
-    """``{"dogs/baseline": {...}, "dogs/ablation/no_erase": {...}, "prepare/dogs": {...}}``.
-
-    Only the runs ``params`` configures that have metrics: DVC leaves the metrics of a
-    stage that left the pipeline (a dropped ablation variant, say) where they were, and
-    the tables must not report them.
-    """
-    paths = (metrics / f"{key}.json" for key in configured_runs(params))
-    return {str(p.relative_to(metrics).with_suffix("")): json.loads(p.read_text()) for p in paths if p.is_file()}
-
-
-def configured_runs(params: Params) -> list[str]:
-    """The metrics keys (paths under ``metrics/`` without ``.json``) of every run ``params`` configures."""
-    return [*(f"prepare/{d}" for d in params.pipeline.datasets),
-            *(f"{d}/{m}" for d in params.pipeline.datasets for m in ("baseline", "multistage")),
-            *(f"{d}/baseline_equal_time" for d in params.pipeline.equal_time),
-            *(f"{d}/ablation/{v}" for d in params.ablation.datasets for v in params.ablation.variants)]
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -86,11 +51,6 @@ def _signed(value) -> str:
 
 
 # ---------------------------------------------------------------- the tables
-def title_of(dataset: str) -> str:
-    """A named dataset's title; a user's dataset by its entry's name."""
-    return DATASET_TITLES.get(dataset, dataset)
-
-
 def table1(pub: dict, results: dict, datasets: list[str]) -> Table:
     rows, notes = [], []
     paper = {r["dataset"]: r for r in pub["table1"]}
@@ -242,8 +202,6 @@ def build_tables(results: dict, datasets: list[str], ablation: dict[str, dict[st
     ``formats``: dataset -> its format (default: a named dataset's own; anything else is a user's data);
     ``histories``: dataset -> its training histories, run -> DataFrame (``compute.load_histories``; without
     them the equal-compute tables have no validation columns)."""
-    from .compute import equal_compute_table
-
     # Table 1, the paper tables whose datasets this profile runs, Table 5, the user's data, the ablations,
     # the digits table, then each dataset at equal compute
     formats = {d: (formats or {}).get(d, d) for d in datasets}
