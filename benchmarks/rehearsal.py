@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from vitfgvc.config import Params
-from vitfgvc.data.datasets import spec
+from vitfgvc.data.registry import spec
 from vitfgvc.report.tables import describe_hardware
 
 GIB = 2**30

@@ -12,8 +12,9 @@ from PIL import Image
 
 from vitfgvc.config import Params, ParamsError, load_params
 from vitfgvc.data.acquire import SourceError, acquire
-from vitfgvc.data.datasets import DatasetFormatError, FormatOptions, parse_aircraft, parse_csv, parse_imagefolder
+from vitfgvc.data.datasets import PARSERS, DatasetFormatError, parse_aircraft, parse_csv, parse_imagefolder, parser
 from vitfgvc.data.prepare import PrepareError, prepare
+from vitfgvc.data.registry import SPECS, FormatOptions
 
 from .conftest import ROOT, smoke_params
 from .fixtures import write_aircraft, write_photos
@@ -295,3 +296,10 @@ def test_a_named_datasets_folder_with_a_link_leading_out_is_refused(tmp_path):
     with pytest.raises(SourceError, match=r"datasets.aircraft.path: .*notes.txt is a link leading outside"):
         acquire("aircraft", params.dataset("aircraft"), params.runtime.download, tmp_path / "raw", progress=False)
     assert not (tmp_path / "raw").exists()
+
+
+def test_every_format_of_the_registry_but_the_synthetic_has_a_parser():
+    assert set(PARSERS) == {name for name, s in SPECS.items() if not s.synthetic}
+    assert parser("digits") is None and parser("csv") is parse_csv
+    with pytest.raises(ValueError, match=r"unknown format 'folders'"):
+        parser("folders")

@@ -22,7 +22,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
 
 from .errors import UserError
 
-from .data.datasets import NAMED, SPECS, DatasetSpec, FormatOptions, spec
+from .data.registry import NAMED, SPECS, DatasetSpec, FormatOptions, spec
 
 MODELS = ("baseline", "multistage")
 # A dataset entry's name: any, for a user's own data; the named ones (data/datasets.py, the one place a

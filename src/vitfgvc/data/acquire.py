@@ -19,9 +19,10 @@ from tqdm import tqdm
 from ..config import DatasetConfig, DownloadSection
 from ..errors import UserError
 from ..io import file_hashes, replacing_dir
-from .datasets import DatasetFormatError, DatasetSpec, FormatOptions, Parsed, spec
+from .datasets import DatasetFormatError, Parsed, parser
 from .download import Checksums, fetch, fetch_kaggle
 from .extract import Limits, extract, is_archive
+from .registry import DatasetSpec, FormatOptions, spec
 
 
 class SourceError(UserError, RuntimeError):
@@ -98,9 +99,10 @@ def _from_path(s: DatasetSpec, cfg: DatasetConfig, name: str, opts: FormatOption
         expected = f"your images in the {s.name} layout" if s.user else \
             f"{' + '.join(s.packagings[0])} or their extracted tree"
         raise SourceError(f"datasets.{name}.path: {root} is not a folder (expected one holding {expected})")
+    parse = parser(s.name)
     if s.user:
         try:
-            parsed = s.parse(root, opts)
+            parsed = parse(root, opts)
         except DatasetFormatError as exc:
             raise SourceError(f"datasets.{name}.path: {exc}") from None
         _copy_used(parsed, root, tmp)
@@ -115,7 +117,7 @@ def _from_path(s: DatasetSpec, cfg: DatasetConfig, name: str, opts: FormatOption
             _unpack(files, tmp, s, progress, limits)
             return f"original files in {root}", None
     try:
-        parsed = s.parse(root, opts)
+        parsed = parse(root, opts)
     except DatasetFormatError as exc:
         raise SourceError(f"datasets.{name}.path: {root} holds neither {' + '.join(s.packagings[0])} "
                           f"nor their extracted tree ({exc})") from None
@@ -180,7 +182,8 @@ def acquire(name: str, cfg: DatasetConfig, dl: DownloadSection, out: str | Path,
             origin = _from_kaggle(s, cfg, name, dl, tmp, progress)
         else:
             raise SourceError(f"datasets.{name}: no source set (path, urls or kaggle).\n{ways_out(s, name)}")
-        if parsed is None and s.parse:
-            parsed = s.parse(tmp, opts)  # what was fetched or unpacked is the dataset's format
+        parse = parser(s.name)  # None for the synthetic digits: nothing to parse
+        if parsed is None and parse is not None:
+            parsed = parse(tmp, opts)  # what was fetched or unpacked is the dataset's format
         images = len(parsed.records) if parsed else None
     return {"dataset": name, "origin": origin, "labelled_images": images}

@@ -1,8 +1,8 @@
-"""One place per dataset format: its original files, and the parser of its annotation files.
+"""The parser of each dataset format's annotation files.
 
-A format is a named benchmark (``cub``, ``dogs``, ``cars``, ``plant``,
-``aircraft``, ``digits``) or a layout for a user's own images (``imagefolder``,
-``csv``). A parser takes the extracted tree (``data/raw/<name>/``, or any folder
+The formats themselves (names, titles, original files, options) are facts in
+:mod:`vitfgvc.data.registry`; here is how each one's files are read, looked up by
+:func:`parser`. A parser takes the extracted tree (``data/raw/<name>/``, or any folder
 holding the same files, however nested) and returns every labelled image with
 its 0-based label, class name, official split and object box in original pixels
 ``(x0, y0, x1, y1)``, x1/y1 exclusive. Original files count from 1 (labels,
@@ -16,13 +16,14 @@ import os
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from ..errors import UserError
 from ..io import file_hashes
+from .registry import AIRCRAFT_LEVELS, FormatOptions, is_inside, spec
 
 Box = tuple[float, float, float, float]
 
@@ -53,46 +54,6 @@ class Parsed:
     def has_test(self) -> bool:
         """Whether the images come with their own test split."""
         return any(r.split == "test" for r in self.records)
-
-
-@dataclass(frozen=True)
-class FormatOptions:
-    """A dataset entry's ``options:``, the keys only some formats read."""
-
-    level: str = "variant"           # aircraft: variant (100 classes) | family (70) | manufacturer (30)
-    annotations: str = "labels.csv"  # csv: the CSV file, relative to the dataset's folder
-
-    @classmethod
-    def of(cls, fmt: str, options: dict) -> "FormatOptions":
-        """Check ``options`` against what format ``fmt`` reads; raise ValueError naming the key."""
-        allowed = spec(fmt).options
-        bad = sorted(set(options) - set(allowed))
-        if bad:
-            raise ValueError(f"format {fmt} reads {'the options ' + ', '.join(allowed) if allowed else 'no options'}"
-                             f", got {', '.join(bad)}")
-        opts = cls(**options)
-        if opts.level not in AIRCRAFT_LEVELS:
-            raise ValueError(f"level must be one of {', '.join(AIRCRAFT_LEVELS)}, got {opts.level!r}")
-        if not isinstance(opts.annotations, str) or not _inside(opts.annotations):
-            raise ValueError(f"annotations must be a file name inside the dataset's folder, got {opts.annotations!r}")
-        return opts
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    title: str              # as the reports print it (a user's dataset: its entry's name)
-    packagings: tuple[tuple[str, ...], ...]  # alternative sets of original file names
-    official_test: bool     # a named benchmark's own test split (a user's layout: whether it has one)
-    parse: Callable[[Path, FormatOptions], Parsed] | None
-    homepage: str
-    synthetic: bool = False
-    user: bool = False      # a layout for a user's own images, not a named benchmark
-    options: tuple[str, ...] = ()  # the FormatOptions keys it reads
-    auc: bool = False       # also report the mean column-wise ROC AUC (the competition's metric)
-    notes: tuple[str, ...] = field(default=())
-    images: int = 0         # labelled images of the real dataset (what a rehearsal extrapolates to)
-    test_images: int = 0    # of which the official test split (0: split by the profile's test_fraction)
 
 
 # ----------------------------------------------------------------------- helpers
@@ -280,7 +241,6 @@ def parse_plant(root: Path, opts: FormatOptions = FormatOptions()) -> Parsed:
 
 
 # --------------------------------------------------------------------- Aircraft
-AIRCRAFT_LEVELS = {"variant": "variants.txt", "family": "families.txt", "manufacturer": "manufacturers.txt"}
 AIRCRAFT_BANNER = 20  # px: the copyright banner at the bottom of every image, which the dataset's README says to remove
 
 
@@ -310,12 +270,6 @@ def parse_aircraft(root: Path, opts: FormatOptions = FormatOptions()) -> Parsed:
 # The suffixes torchvision's ImageFolder reads
 IMAGE_SUFFIXES = frozenset((".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"))
 SPLIT_ORDER = {"train": 0, "test": 1}
-
-
-def _inside(rel: str) -> bool:
-    """Whether a relative path names something inside its folder (no absolute path, no ``..``)."""
-    p = PurePosixPath(rel.replace("\\", "/"))
-    return bool(rel) and not p.is_absolute() and ".." not in p.parts and not re.match(r"^[A-Za-z]:", rel)
 
 
 def _within(path: Path, root: Path, dataset: str, what: str) -> Path:
@@ -416,14 +370,11 @@ def _csv_errors(path: Path, problems: list[str]) -> None:
         raise DatasetFormatError(f"csv: {path}: " + "; ".join(problems[:5]) + more)
 
 
-def parse_csv(root: Path, opts: FormatOptions = FormatOptions()) -> Parsed:
-    """A CSV of ``image`` (relative to the CSV), ``label`` and/or ``class_name``, optional ``split``
-    (train | test) and optional ``x0, y0, x1, y1`` (a box in pixels, x1/y1 exclusive)."""
+def _read_csv(path: Path):
+    """Reading: the CSV's cells as strings, its column names stripped. Refused when it is not a readable CSV, has
+    no ``image`` column or neither ``label`` nor ``class_name``, or names only part of a box."""
     import pandas as pd
-    from PIL import Image
 
-    path = find(root, opts.annotations, dataset="csv", hint="set datasets.<name>.options.annotations to its name")
-    base = path.parent
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except Exception as exc:  # noqa: BLE001 - pandas raises several types for a bad file
@@ -435,75 +386,106 @@ def parse_csv(root: Path, opts: FormatOptions = FormatOptions()) -> Parsed:
     has_box = [c for c in CSV_BOX if c in table.columns]
     if has_box and len(has_box) != 4:
         raise DatasetFormatError(f"csv: {path}: a box needs all of {', '.join(CSV_BOX)}, got only {', '.join(has_box)}")
-    line = {i: i + 2 for i in range(len(table))}  # the header is line 1
+    return table
 
-    # class names, and labels in their own order when they are numbers
-    problems = []
-    if "label" in table.columns:
-        labels = pd.to_numeric(table["label"], errors="coerce")
-        for i in np.flatnonzero(labels.isna() | (labels % 1 != 0) | (labels < 0)):
-            problems.append(f"line {line[i]}: label {table['label'].iat[i]!r} is not a non-negative integer")
-        _csv_errors(path, problems)
-        names = table["class_name"] if "class_name" in table.columns else labels.astype(int).astype(str)
-        by_label: dict[int, str] = {}
-        for i, (lab, name) in enumerate(zip(labels.astype(int), names)):
-            if by_label.setdefault(lab, name) != name:
-                problems.append(f"line {line[i]}: label {lab} is {name!r} here and {by_label[lab]!r} before")
-        _csv_errors(path, problems)
-        order = sorted(by_label)
-        classes = [by_label[k] for k in order]
-        label_of = {by_label[k]: j for j, k in enumerate(order)}
-    else:
+
+def _csv_labels(path: Path, table) -> tuple[list, list[str], dict[str, int]]:
+    """Labelling: each row's class name, the class names in label order, and the 0-based label of each name.
+
+    With a ``label`` column the labels keep their own numeric order (without ``class_name``, a label is its own
+    name); refused when a label is not a non-negative integer or names two classes. Without one, the class
+    names are sorted. Rows are numbered as lines of the file (the header is line 1)."""
+    import pandas as pd
+
+    if "label" not in table.columns:
         names = table["class_name"]
         classes = sorted(set(names))
-        label_of = {c: j for j, c in enumerate(classes)}
-    for i, name in enumerate(names):
-        if not str(name).strip():
-            problems.append(f"line {line[i]}: empty class name")
+        return names, classes, {c: j for j, c in enumerate(classes)}
+    labels = pd.to_numeric(table["label"], errors="coerce")
+    _csv_errors(path, [f"line {i + 2}: label {table['label'].iat[i]!r} is not a non-negative integer"
+                       for i in np.flatnonzero(labels.isna() | (labels % 1 != 0) | (labels < 0))])
+    names = table["class_name"] if "class_name" in table.columns else labels.astype(int).astype(str)
+    by_label: dict[int, str] = {}
+    problems = []
+    for i, (lab, name) in enumerate(zip(labels.astype(int), names)):
+        if by_label.setdefault(lab, name) != name:
+            problems.append(f"line {i + 2}: label {lab} is {name!r} here and {by_label[lab]!r} before")
+    _csv_errors(path, problems)
+    order = sorted(by_label)
+    return names, [by_label[k] for k in order], {by_label[k]: j for j, k in enumerate(order)}
+
+
+def _csv_class_problems(names, classes: list[str]) -> list[str]:
+    """Validating the classes: every row names one (no empty class name), and there are at least two."""
+    problems = [f"line {i + 2}: empty class name" for i, name in enumerate(names) if not str(name).strip()]
     if len(classes) < 2:
         problems.append(f"{len(classes)} class(es); expected at least two")
+    return problems
 
+
+def _csv_image_problem(base: Path, rel: str, split: str) -> str | None:
+    """Validating a row's split and image: train or test, and a file inside the CSV's folder (no link leading
+    out of it). What is wrong, or None."""
+    if split not in SPLIT_ORDER:
+        return f"split {split!r} is not train or test"
+    if not is_inside(rel):
+        return f"image {rel!r} is not a path inside {base}"
+    if not (base / rel).is_file():
+        return f"image {rel!r} not found in {base}"
+    try:
+        _within(base / rel, base, "csv", "image")
+    except DatasetFormatError as exc:
+        return str(exc)
+    return None
+
+
+def _csv_box(image: Path, rel: str, cells: list[str]) -> tuple[Box | None, str | None]:
+    """Validating a row's box: none when its four cells are empty, else four numbers with x0 < x1 and y0 < y1,
+    inside the image when it opens (an undecodable image is prepare's to reject, with its reason).
+    ``(box, None)``, or ``(None, what is wrong)``."""
+    from PIL import Image
+
+    if not any(cells):
+        return None, None
+    try:
+        box = tuple(float(c) for c in cells)
+    except ValueError:
+        return None, f"box {cells} is not four numbers"
+    try:
+        with Image.open(image) as im:
+            w, h = im.size
+    except Exception:  # noqa: BLE001 - an undecodable image is prepare's to reject, with its reason
+        w = h = None
+    x0, y0, x1, y1 = box
+    if not (x0 < x1 and y0 < y1) or (w is not None and (x0 < 0 or y0 < 0 or x1 > w or y1 > h)):
+        size = f"the {w}x{h} image" if w is not None else "the image"
+        return None, (f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies outside {size} {rel!r} "
+                      f"(expected 0 <= x0 < x1 <= width, 0 <= y0 < y1 <= height)")
+    return box, None
+
+
+def _csv_records(path: Path, table, names, label_of: dict[str, int]) -> tuple[list[Record], list[str]]:
+    """Validating the rows: the record of each row whose split, image and box pass, and a problem (naming the
+    line) for each that does not."""
+    import pandas as pd
+
+    base, has_box = path.parent, set(CSV_BOX) <= set(table.columns)
     splits = table["split"].str.strip().str.lower() if "split" in table.columns else pd.Series(["train"] * len(table))
-    records = []
+    records, problems = [], []
     for i, (rel, name, split) in enumerate(zip(table["image"], names, splits)):
         rel = rel.strip()
-        if split not in SPLIT_ORDER:
-            problems.append(f"line {line[i]}: split {split!r} is not train or test")
+        box, problem = None, _csv_image_problem(base, rel, split)
+        if problem is None and has_box:
+            box, problem = _csv_box(base / rel, rel, [str(table[c].iat[i]).strip() for c in CSV_BOX])
+        if problem is not None:
+            problems.append(f"line {i + 2}: {problem}")
             continue
-        if not _inside(rel):
-            problems.append(f"line {line[i]}: image {rel!r} is not a path inside {base}")
-            continue
-        image = base / rel
-        if not image.is_file():
-            problems.append(f"line {line[i]}: image {rel!r} not found in {base}")
-            continue
-        try:
-            _within(image, base, "csv", "image")
-        except DatasetFormatError as exc:
-            problems.append(f"line {line[i]}: {exc}")
-            continue
-        box = None
-        if has_box:
-            cells = [str(table[c].iat[i]).strip() for c in CSV_BOX]
-            if any(cells):
-                try:
-                    box = tuple(float(c) for c in cells)
-                except ValueError:
-                    problems.append(f"line {line[i]}: box {cells} is not four numbers")
-                    continue
-                try:
-                    with Image.open(image) as im:
-                        w, h = im.size
-                except Exception:  # noqa: BLE001 - an undecodable image is prepare's to reject, with its reason
-                    w = h = None
-                x0, y0, x1, y1 = box
-                if not (x0 < x1 and y0 < y1) or (w is not None and (x0 < 0 or y0 < 0 or x1 > w or y1 > h)):
-                    size = f"the {w}x{h} image" if w is not None else "the image"
-                    problems.append(f"line {line[i]}: box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies outside {size} "
-                                    f"{rel!r} (expected 0 <= x0 < x1 <= width, 0 <= y0 < y1 <= height)")
-                    continue
-        records.append(Record(image, PurePosixPath(rel).as_posix(), label_of[name], str(name), split, box))
-    _csv_errors(path, problems)
+        records.append(Record(base / rel, PurePosixPath(rel).as_posix(), label_of[name], str(name), split, box))
+    return records, problems
+
+
+def _check_csv_records(path: Path, records: list[Record]) -> None:
+    """Validating the whole list: every class with test images has training images, no image is listed twice."""
     test_only = sorted({r.class_name for r in records if r.split == "test"}
                        - {r.class_name for r in records if r.split == "train"})
     if test_only:
@@ -512,50 +494,33 @@ def parse_csv(root: Path, opts: FormatOptions = FormatOptions()) -> Parsed:
     for i, r in enumerate(records):
         if seen.setdefault(r.source, i) != i:
             raise DatasetFormatError(f"csv: {path}: image {r.source!r} is listed twice")
+
+
+def parse_csv(root: Path, opts: FormatOptions = FormatOptions()) -> Parsed:
+    """A CSV of ``image`` (relative to the CSV), ``label`` and/or ``class_name``, optional ``split``
+    (train | test) and optional ``x0, y0, x1, y1`` (a box in pixels, x1/y1 exclusive).
+
+    Read (:func:`_read_csv`), labelled (:func:`_csv_labels`), then validated: the classes and every row,
+    whose problems are reported together (the first five), then the list as a whole; last, identical files
+    are kept once (:func:`_without_duplicates`)."""
+    path = find(root, opts.annotations, dataset="csv", hint="set datasets.<name>.options.annotations to its name")
+    table = _read_csv(path)
+    names, classes, label_of = _csv_labels(path, table)
+    records, row_problems = _csv_records(path, table, names, label_of)
+    _csv_errors(path, _csv_class_problems(names, classes) + row_problems)
+    _check_csv_records(path, records)
     records, dropped = _without_duplicates(records)
     return Parsed(records, classes, dropped, (path,))
 
 
-# ----------------------------------------------------------------------- registry
-SPECS: dict[str, DatasetSpec] = {
-    "cub": DatasetSpec(
-        "cub", "CUB-200-2011", (("CUB_200_2011.tgz",),), True, parse_cub,
-        "https://www.vision.caltech.edu/datasets/cub_200_2011/", images=11788, test_images=5794),
-    "dogs": DatasetSpec(
-        "dogs", "Stanford Dogs", (("images.tar", "annotation.tar", "lists.tar"),), True, parse_dogs,
-        "http://vision.stanford.edu/aditya86/ImageNetDogs/",
-        notes=("Drawn from ImageNet-1k train: ImageNet-pretrained weights have seen its test images.",),
-        images=20580, test_images=8580),
-    "cars": DatasetSpec(
-        "cars", "Stanford Cars",
-        (("cars_train.tgz", "cars_test.tgz", "car_devkit.tgz", "cars_test_annos_withlabels.mat"),
-         ("car_ims.tgz", "cars_annos.mat")), True, parse_cars,
-        "https://ai.stanford.edu/~jkrause/cars/car_dataset.html (dead; mirrors on Kaggle)", images=16185,
-        test_images=8041),
-    "plant": DatasetSpec(
-        "plant", "Plant Pathology 2020", (("plant-pathology-2020-fgvc7.zip",),), False, parse_plant,
-        "https://www.kaggle.com/competitions/plant-pathology-2020-fgvc7 (FGVC7)", auc=True, images=1821),
-    "digits": DatasetSpec(
-        "digits", "Cluttered digits", (("digits.csv.gz",),), True, None,
-        "https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset (scikit-learn's handwritten "
-        "digits)", synthetic=True),
-    "aircraft": DatasetSpec(
-        "aircraft", "FGVC-Aircraft", (("fgvc-aircraft-2013b.tar.gz",),), True, parse_aircraft,
-        "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/", options=("level",),
-        notes=("The bottom 20 px of every image (a copyright banner) are cut off, as the dataset's README asks.",),
-        images=10000, test_images=3333),
-    "imagefolder": DatasetSpec(
-        "imagefolder", "Your images (folders)", (), False, parse_imagefolder,
-        "https://pytorch.org/vision/stable/generated/torchvision.datasets.ImageFolder.html", user=True),
-    "csv": DatasetSpec(
-        "csv", "Your images (CSV)", (), False, parse_csv, "", user=True, options=("annotations",)),
-}
-NAMED = tuple(name for name, s in SPECS.items() if not s.user)  # datasets known by name: datasets.<name> reads them
+# ----------------------------------------------------------------------- the parsers by format
+Parser = Callable[[Path, FormatOptions], Parsed]
+PARSERS: dict[str, Parser] = {
+    "cub": parse_cub, "dogs": parse_dogs, "cars": parse_cars, "plant": parse_plant, "aircraft": parse_aircraft,
+    "imagefolder": parse_imagefolder, "csv": parse_csv,
+}  # every format of the registry but the synthetic digits (data/digits.py draws them; nothing to parse)
 
 
-def spec(fmt: str) -> DatasetSpec:
-    """The spec of a format (a named dataset's format is its name)."""
-    try:
-        return SPECS[fmt]
-    except KeyError:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(SPECS)}") from None
+def parser(fmt: str) -> Parser | None:
+    """The parser of a format's files; None for a synthetic format. An unknown format: the registry's ValueError."""
+    return None if spec(fmt).synthetic else PARSERS[fmt]

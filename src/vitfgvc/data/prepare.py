@@ -32,6 +32,7 @@ from ..errors import UserError
 from ..images import MAX_PIXELS, ImageRejected, open_rgb
 from ..io import replacing_dir
 from . import digits as digits_mod
+from .datasets import parser
 from .splits import stratified_holdout
 
 MANIFEST_COLUMNS = ["image", "label", "class_name", "split", "x0", "y0", "x1", "y1", "source", "width", "height"]
@@ -93,7 +94,7 @@ def _pool_map(fn, tasks, workers: int, desc: str, progress: bool, initializer=No
 
 def _convert_dataset(name: str, raw: Path, tmp: Path, params: Params, progress: bool):
     cfg = params.dataset(name)
-    parsed = params.spec(name).parse(raw, params.options(name))
+    parsed = parser(params.spec(name).name)(raw, params.options(name))
     tasks, dirs = [], set()
     for r in parsed.records:
         dst = tmp / _stored_name(r.source)

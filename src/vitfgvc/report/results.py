@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import Params
-from ..data.datasets import SPECS
+from ..data.registry import SPECS
 
 DATASET_TITLES = {name: spec.title for name, spec in SPECS.items() if not spec.user}
 MISSING = "—"
