@@ -235,99 +235,175 @@ def counting_flops(counts: dict, key) -> object:
     counts[key] = mode.get_total_flops()
 
 
-def train_one_epoch(state: TrainState, ctx: Context, ds: ManifestDataset, sampler: EpochBatches,
-                    wrapped: torch.nn.Module, phase: Phase) -> dict:
-    """One epoch from ``state.step`` on (a resumed epoch continues where it stopped); returns its history row."""
-    cfg, rt, d, device = ctx.cfg, ctx.runtime, ctx.dist, ctx.device
-    model = state.model
-    model.train()
-    model.set_epoch(state.epoch)
-    ds.set_epoch(state.epoch)
-    sampler.set_epoch(state.epoch, state.step)
-    loader = make_loader(ds, batch_sampler=sampler, workers=rt.workers, device=device)
-    carry = _carry(state.epoch_sums, d)
-    # running sums of the epoch; a mid-epoch checkpoint carries them, so a resumed epoch reports the same numbers
-    sums = dict(carry) if carry else {"loss": 0.0, "correct": 0.0, "images": 0, "flops": 0, "seconds": 0.0,
-                                      "stages": {}}
-    stage_losses: dict[str, float] = dict(sums.pop("stages"))
-    start = time.perf_counter() - sums.pop("seconds")
-    bar = tqdm(total=sampler.steps, initial=state.step, desc=f"{ctx.stage} epoch {state.epoch + 1} ({phase.name})",
-               unit="step", disable=not (ctx.progress and d.main), leave=True)
-    micro = iter(loader)
-    images = None
-    waited = optimizing = 0.0  # seconds blocked on the loader, and in optimiser steps (this process, this sitting)
+# ------------------------------------------------------------------ one epoch
+@dataclass
+class EpochSums:
+    """One epoch's running numbers on this process. A mid-epoch checkpoint carries the sums (:meth:`snapshot`),
+    so that a resumed epoch reports the same numbers; the seconds waited and optimising are this sitting's."""
+
+    sums: dict                     # loss (summed over images), correct, images, flops
+    stages: dict[str, float]       # each stage's loss, summed over images
+    start: float                   # time.perf_counter() when the epoch began (a resumed one: its seconds earlier)
+    waited: float = 0.0            # seconds blocked on the loader
+    optimizing: float = 0.0        # seconds in optimiser steps
+    images: torch.Tensor | None = None  # the last micro-batch, to say where a step failed
+
+    @classmethod
+    def resume(cls, epoch_sums: list[dict] | None, d: Dist) -> "EpochSums":
+        """The sums a checkpoint carried for this process (:func:`_carry`), or zeros."""
+        carry = _carry(epoch_sums, d)
+        sums = dict(carry) if carry else {"loss": 0.0, "correct": 0.0, "images": 0, "flops": 0, "seconds": 0.0,
+                                          "stages": {}}
+        stages = dict(sums.pop("stages"))
+        return cls(sums, stages, time.perf_counter() - sums.pop("seconds"))
+
+    def add(self, out, loss: torch.Tensor, parts: dict, labels: torch.Tensor, flops: int) -> None:
+        """A micro-batch's share: its FLOPs, loss, images, correct combined predictions and stage losses."""
+        n = labels.shape[0]
+        self.sums["flops"] += flops
+        self.sums["loss"] += float(loss.detach()) * n
+        self.sums["images"] += n
+        self.sums["correct"] += float((out.probabilities()["combined"].argmax(1) == labels).sum())
+        for k, v in parts.items():
+            self.stages[k] = self.stages.get(k, 0.0) + float(v) * n
+
+    def snapshot(self, elapsed: float) -> dict:
+        """What a checkpoint carries of this process's partly done epoch."""
+        return {**self.sums, "seconds": elapsed, "stages": dict(self.stages)}
+
+    def all_reduce(self, d: Dist, device: torch.device) -> None:
+        """The epoch's numbers over every process's images (nothing to do on one process)."""
+        if d.world == 1:
+            return
+        keys = sorted(self.stages)
+        total = torch.tensor([self.sums["loss"], self.sums["correct"], self.sums["images"], self.sums["flops"],
+                              *(self.stages[k] for k in keys)], dtype=torch.float64, device=device)
+        dist.all_reduce(total)
+        self.sums["loss"], self.sums["correct"] = total[0].item(), total[1].item()
+        self.sums["images"], self.sums["flops"] = int(total[2].item()), int(total[3].item())
+        self.stages = {k: total[4 + i].item() for i, k in enumerate(keys)}
+
+
+def _next_views(micro, device: torch.device, epoch: EpochSums):
+    """The next micro-batch from the loader, on the device: its views (the views' augmentation runs there,
+    ``runtime.augment``), labels and per-sample draws. The time blocked on the loader is counted."""
+    t0 = time.perf_counter()
+    images, labels, _idx, _boxes, draws, aug = next(micro)
+    epoch.waited += time.perf_counter() - t0
+    epoch.images = images  # until its views exist, a failure is named with the loader's crops
+    images = epoch.images = batch_views(images, aug, device)
+    labels, draws = (x.to(device, non_blocking=True) for x in (labels, draws))
+    return images, labels, draws
+
+
+def _forward_loss(state: TrainState, ctx: Context, wrapped: torch.nn.Module, images, labels, draws):
+    """Forward (under autocast) and the run's loss; stops every process at once when the loss is not finite,
+    before any weight is updated. Returns the model's output, the loss and the loss of each stage."""
+    with ctx.autocast():
+        out = wrapped(images, draws)
+    loss, parts = loss_of(out, labels, ctx.cfg)
+    if not ctx.dist.all_true(bool(torch.isfinite(loss)), ctx.device):
+        raise NonFiniteLossError(
+            f"{ctx.stage}: the loss became {loss.item()} at epoch {state.epoch + 1}, step "
+            f"{state.step + 1}; stopped without updating the weights. The last good checkpoint is "
+            f"kept in {ctx.ckpt.path} (try a lower train.lr / train.lr_frozen, or train.grad_clip > 0)")
+    return out, loss, parts
+
+
+def _micro_step(state: TrainState, ctx: Context, wrapped: torch.nn.Module, phase: Phase, batch, last: bool):
+    """One micro-batch forward and backward (its share of the optimiser step's loss; gradients synchronised
+    across processes on the ``last`` micro-batch only). Its FLOPs are counted the first time its shape runs:
+    they depend on the phase (what trains), the stages that run and the input shape.
+    Returns the output, loss, stage losses and FLOPs."""
+    images, labels, draws = batch
+    no_sync = wrapped.no_sync if (ctx.dist.world > 1 and not last) else contextlib.nullcontext
+    shape = (phase.name, bool(getattr(state.model, "full_image_only", False)), tuple(images.shape))
+    count = contextlib.nullcontext() if shape in ctx.flops else counting_flops(ctx.flops, shape)
+    with count, no_sync():
+        out, loss, parts = _forward_loss(state, ctx, wrapped, images, labels, draws)
+        state.scaler.scale(loss / ctx.runtime.accum_steps).backward()
+    return out, loss, parts, ctx.flops[shape]
+
+
+def _step(state: TrainState, ctx: Context, epoch: EpochSums, bar, steps: int) -> None:
+    """The optimiser step that ends ``runtime.accum_steps`` micro-batches (its time counted), the progress bar,
+    and every ``runtime.ckpt_every`` steps but the epoch's last a checkpoint holding every process's sums."""
+    t0 = time.perf_counter()
+    _optimizer_step(state, ctx.cfg)
+    epoch.optimizing += time.perf_counter() - t0
+    state.step += 1
+    elapsed = time.perf_counter() - epoch.start
+    sums, d = epoch.sums, ctx.dist
+    bar.update()
+    bar.set_postfix(loss=f"{sums['loss'] / sums['images']:.3f}", acc=f"{100 * sums['correct'] / sums['images']:.1f}",
+                    img_s=f"{sums['images'] * d.world / max(elapsed, 1e-9):.1f}")
+    every = ctx.runtime.ckpt_every
+    if every and state.step % every == 0 and state.step < steps:
+        state.epoch_sums = d.gather(epoch.snapshot(elapsed))
+        if d.main:
+            ctx.ckpt.save(state)
+        d.barrier()
+
+
+@contextlib.contextmanager
+def _naming_the_step(state: TrainState, ctx: Context, phase: Phase, epoch: EpochSums):
+    """A training step that fails says where (:func:`_where`); out of memory, also what to try."""
     try:
-        while state.step < sampler.steps:
-            for a in range(rt.accum_steps):
-                t0 = time.perf_counter()
-                images, labels, _idx, _boxes, draws, aug = next(micro)
-                waited += time.perf_counter() - t0
-                images = batch_views(images, aug, device)  # the views' augmentation, on the device (runtime.augment)
-                labels, draws = (x.to(device, non_blocking=True) for x in (labels, draws))
-                last = a == rt.accum_steps - 1
-                no_sync = wrapped.no_sync if (d.world > 1 and not last) else contextlib.nullcontext
-                # the FLOPs of a micro-step depend on the phase (what trains), the stages that run and the shape
-                shape = (phase.name, bool(getattr(model, "full_image_only", False)), tuple(images.shape))
-                count = contextlib.nullcontext() if shape in ctx.flops else counting_flops(ctx.flops, shape)
-                with count, no_sync():
-                    with ctx.autocast():
-                        out = wrapped(images, draws)
-                    loss, parts = loss_of(out, labels, cfg)
-                    if not d.all_true(bool(torch.isfinite(loss)), device):
-                        raise NonFiniteLossError(
-                            f"{ctx.stage}: the loss became {loss.item()} at epoch {state.epoch + 1}, step "
-                            f"{state.step + 1}; stopped without updating the weights. The last good checkpoint is "
-                            f"kept in {ctx.ckpt.path} (try a lower train.lr / train.lr_frozen, or train.grad_clip > 0)")
-                    state.scaler.scale(loss / rt.accum_steps).backward()
-                n = labels.shape[0]
-                sums["flops"] += ctx.flops[shape]
-                sums["loss"] += float(loss.detach()) * n
-                sums["images"] += n
-                sums["correct"] += float((out.probabilities()["combined"].argmax(1) == labels).sum())
-                for k, v in parts.items():
-                    stage_losses[k] = stage_losses.get(k, 0.0) + float(v) * n
-            t0 = time.perf_counter()
-            _optimizer_step(state, cfg)
-            optimizing += time.perf_counter() - t0
-            state.step += 1
-            elapsed = time.perf_counter() - start
-            bar.update()
-            bar.set_postfix(loss=f"{sums['loss'] / sums['images']:.3f}",
-                            acc=f"{100 * sums['correct'] / sums['images']:.1f}",
-                            img_s=f"{sums['images'] * d.world / max(elapsed, 1e-9):.1f}")
-            if rt.ckpt_every and state.step % rt.ckpt_every == 0 and state.step < sampler.steps:
-                state.epoch_sums = d.gather({**sums, "seconds": elapsed, "stages": dict(stage_losses)})
-                if d.main:
-                    ctx.ckpt.save(state)
-                d.barrier()
+        yield
     except torch.OutOfMemoryError as exc:
-        raise OutOfMemory(f"{ctx.stage}: out of memory at {_where(state, ctx, phase, images)}: {exc}. Try a larger "
-                          f"runtime.accum_steps (smaller micro-batches, same optimiser batch) or "
+        raise OutOfMemory(f"{ctx.stage}: out of memory at {_where(state, ctx, phase, epoch.images)}: {exc}. Try a "
+                          f"larger runtime.accum_steps (smaller micro-batches, same optimiser batch) or "
                           f"runtime.grad_checkpointing: true; the last checkpoint is kept in {ctx.ckpt.path}") from exc
     except Exception as exc:
-        exc.add_note(f"{ctx.stage}: raised at {_where(state, ctx, phase, images)}")
+        exc.add_note(f"{ctx.stage}: raised at {_where(state, ctx, phase, epoch.images)}")
         raise
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - start
-    if d.world > 1:  # the epoch's numbers over every process's images
-        keys = sorted(stage_losses)
-        total = torch.tensor([sums["loss"], sums["correct"], sums["images"], sums["flops"],
-                              *(stage_losses[k] for k in keys)], dtype=torch.float64, device=device)
-        dist.all_reduce(total)
-        sums["loss"], sums["correct"], sums["images"] = total[0].item(), total[1].item(), int(total[2].item())
-        sums["flops"] = int(total[3].item())
-        stage_losses = {k: total[4 + i].item() for i, k in enumerate(keys)}
-    images = max(sums["images"], 1)
+
+
+def _history_row(state: TrainState, epoch: EpochSums, phase: Phase, steps: int, seconds: float,
+                 device: torch.device) -> dict:
+    """The epoch's row of the history: losses, accuracy, learning rates, FLOPs, times, memory."""
+    sums, images = epoch.sums, max(epoch.sums["images"], 1)
     lrs = {g["part"]: g["lr"] for g in state.optimizer.param_groups}  # the last step's, per group
     return {"epoch": state.epoch + 1, "phase": phase.name, "lr": lrs["head"], "lr_encoder": lrs.get("encoder"),
             "train_loss": round(sums["loss"] / images, 6), "train_acc": round(100 * sums["correct"] / images, 4),
-            **{f"train_loss_{k}": round(v / images, 6) for k, v in sorted(stage_losses.items())},
-            "steps": sampler.steps, "seconds": round(seconds, 3), "flops": int(sums["flops"]),
-            "seconds_per_step": round(seconds / max(sampler.steps, 1), 4),
-            "data_seconds": round(waited, 3), "optimizer_seconds": round(optimizing, 3),
+            **{f"train_loss_{k}": round(v / images, 6) for k, v in sorted(epoch.stages.items())},
+            "steps": steps, "seconds": round(seconds, 3), "flops": int(sums["flops"]),
+            "seconds_per_step": round(seconds / max(steps, 1), 4),
+            "data_seconds": round(epoch.waited, 3), "optimizer_seconds": round(epoch.optimizing, 3),
             "images_per_s": round(sums["images"] / max(seconds, 1e-9), 2),
             "peak_memory_mib": round(peak_memory_mib(device)[0], 1)}
+
+
+def train_one_epoch(state: TrainState, ctx: Context, ds: ManifestDataset, sampler: EpochBatches,
+                    wrapped: torch.nn.Module, phase: Phase) -> dict:
+    """One epoch from ``state.step`` on (a resumed epoch continues where it stopped); returns its history row.
+
+    Each optimiser step: ``runtime.accum_steps`` micro-batches, each moved to the device and given its views
+    (:func:`_next_views`), forward, loss and backward (:func:`_micro_step`) and counted (:meth:`EpochSums.add`);
+    then the step itself, with a checkpoint every ``runtime.ckpt_every`` steps (:func:`_step`)."""
+    rt, device = ctx.runtime, ctx.device
+    state.model.train()
+    state.model.set_epoch(state.epoch)
+    ds.set_epoch(state.epoch)
+    sampler.set_epoch(state.epoch, state.step)
+    loader = make_loader(ds, batch_sampler=sampler, workers=rt.workers, device=device)
+    epoch = EpochSums.resume(state.epoch_sums, ctx.dist)
+    bar = tqdm(total=sampler.steps, initial=state.step, desc=f"{ctx.stage} epoch {state.epoch + 1} ({phase.name})",
+               unit="step", disable=not (ctx.progress and ctx.dist.main), leave=True)
+    micro = iter(loader)
+    try:
+        with _naming_the_step(state, ctx, phase, epoch):
+            while state.step < sampler.steps:
+                for a in range(rt.accum_steps):
+                    batch = _next_views(micro, device, epoch)
+                    out, loss, parts, flops = _micro_step(state, ctx, wrapped, phase, batch, a == rt.accum_steps - 1)
+                    epoch.add(out, loss, parts, batch[1], flops)
+                _step(state, ctx, epoch, bar, sampler.steps)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - epoch.start
+    epoch.all_reduce(ctx.dist, device)
+    return _history_row(state, epoch, phase, sampler.steps, seconds, device)
 
 
 def _where(state: TrainState, ctx: Context, phase: Phase, images: torch.Tensor | None) -> str:
