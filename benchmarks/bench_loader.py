@@ -13,7 +13,7 @@ items per second per core, each batch of 16 collated as the loader collates it.
 
 The last line is ``loader: <X> items/s per core (augmentation on the device), <Y> (per-sample on the CPU), <X/Y>x``.
 
-    python benchmarks/bench_loader.py [--images 96] [--repeats 3] [--device cpu]
+    python benchmarks/bench_loader.py [--images 96] [--repeats 5] [--device cpu]
 """
 
 from __future__ import annotations
@@ -57,16 +57,13 @@ def write_images(root: Path, n: int, size: tuple[int, int] = (597, 448), seed: i
     return Manifest.read(root)
 
 
-def items_per_second(ds, repeats: int) -> tuple[float, list]:
-    """Median items/s of making every item of ``ds`` and collating them in batches of 16; the last batches."""
+def one_pass(ds, epoch: int) -> tuple[float, list]:
+    """Items/s of making every item of ``ds`` (epoch ``epoch``) and collating them in batches of 16; the batches."""
     collate = torch.utils.data.default_collate
-    rates, batches = [], []
-    for r in range(repeats):
-        ds.set_epoch(r)
-        start = time.perf_counter()
-        batches = [collate([ds[i] for i in range(s, min(s + BATCH, len(ds)))]) for s in range(0, len(ds), BATCH)]
-        rates.append(len(ds) / (time.perf_counter() - start))
-    return statistics.median(rates), batches
+    ds.set_epoch(epoch)
+    start = time.perf_counter()
+    batches = [collate([ds[i] for i in range(s, min(s + BATCH, len(ds)))]) for s in range(0, len(ds), BATCH)]
+    return len(ds) / (time.perf_counter() - start), batches
 
 
 def device_step_ms(batches: list, device: torch.device, repeats: int) -> float:
@@ -95,15 +92,20 @@ def measure(images: int = 96, repeats: int = 3, device: str = "cpu", high_res: i
     transform = TransformSection(**yaml.safe_load((ROOT / "params.yaml").read_text())["transform"])
     with tempfile.TemporaryDirectory() as tmp:
         manifest = write_images(Path(tmp), images)
-        made = {}
-        for on_device in (True, False):
-            ds = ManifestDataset(manifest, "train", high_res, train=True, transform=transform, seed=0,
-                                 on_device=on_device)
+        paths = {on_device: ManifestDataset(manifest, "train", high_res, train=True, transform=transform, seed=0,
+                                            on_device=on_device) for on_device in (True, False)}
+        rates: dict[bool, list[float]] = {True: [], False: []}
+        for on_device, ds in paths.items():
             ds[0]  # warm-up (imports, first decode)
-            made[on_device] = items_per_second(ds, repeats)
+        for r in range(repeats):  # the two paths in turns, so that a drift in the machine's speed touches both
+            for on_device, ds in paths.items():
+                rate, batches = one_pass(ds, r)
+                rates[on_device].append(rate)
+                if on_device:
+                    uint8_batches = batches
     dev = torch.device(device)
-    ms = device_step_ms(made[True][1], dev, repeats)
-    x, y = made[True][0], made[False][0]
+    ms = device_step_ms(uint8_batches, dev, repeats)
+    x, y = statistics.median(rates[True]), statistics.median(rates[False])
     return {"device_items_s": x, "per_sample_items_s": y, "ratio": x / y, "device_ms": ms, "device": str(dev),
             "images": images, "repeats": repeats, "high_res": high_res,
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU, 1 thread"}
@@ -129,7 +131,7 @@ def lines(r: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=96)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu", help="where the batched augmentation step is timed (cpu, cuda)")
     args = ap.parse_args(argv)
     print("\n".join(lines(measure(args.images, args.repeats, args.device))))

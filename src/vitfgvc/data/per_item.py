@@ -111,7 +111,18 @@ def random_resized_crop(img: Image.Image, boxes, size: int, t: TransformSection,
     left, top, right, bottom = rrc_box(img.width, img.height, t.rrc_scale, t.rrc_ratio, g)
     crop = dict(top=top, left=left, height=bottom - top, width=right - left, size=[size, size])
     img = F.resized_crop(img, **crop, interpolation=BILINEAR)
-    return img, None if boxes is None else F.resized_crop(boxes, **crop)
+    return img, None if boxes is None else _resized_crop_box(boxes, left, top, right - left, bottom - top, size)
+
+
+def _resized_crop_box(boxes: tv_tensors.BoundingBoxes, left: int, top: int, width: int, height: int,
+                      size: int) -> tv_tensors.BoundingBoxes:
+    """torchvision's ``resized_crop`` of XYXY boxes, as plain arithmetic (its dispatch costs more than the
+    arithmetic): moved to the crop, clamped to it, scaled to ``size`` x ``size``."""
+    b = boxes.as_subclass(torch.Tensor)
+    x = (b[:, 0::2] - left).clamp_(0, width).mul_(size / width)
+    y = (b[:, 1::2] - top).clamp_(0, height).mul_(size / height)
+    out = torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)
+    return tv_tensors.BoundingBoxes(out, format="XYXY", canvas_size=(size, size))
 
 
 # ------------------------------------------------------------------- evaluation view
@@ -246,7 +257,25 @@ def affine_box(boxes, d: AffineDraw, size: int, points=None):
     if not d.resamples:
         return F.horizontal_flip(boxes) if d.flip else boxes
     start, end = points or _perspective_points(d, size)
-    return F.perspective(boxes, startpoints=start, endpoints=end)
+    return _perspective_box(boxes, start, end, size)
+
+
+def _perspective_box(boxes: tv_tensors.BoundingBoxes, start, end, size: int) -> tv_tensors.BoundingBoxes:
+    """torchvision's ``perspective`` of XYXY boxes (the image corners ``start`` land at ``end``), as plain
+    arithmetic: the box's corners mapped, boxed and clamped to the ``size`` x ``size`` view."""
+    src = torch.tensor(start, dtype=torch.float64)
+    dst = torch.tensor(end, dtype=torch.float64)
+    rows = []  # the homography taking start to end, h33 = 1
+    for (x, y), (u, v) in zip(src.tolist(), dst.tolist()):
+        rows += [[x, y, 1, 0, 0, 0, -u * x, -u * y], [0, 0, 0, x, y, 1, -v * x, -v * y]]
+    h = torch.cat([torch.linalg.solve(torch.tensor(rows, dtype=torch.float64), dst.flatten()),
+                   torch.ones(1, dtype=torch.float64)]).view(3, 3)
+    b = boxes.as_subclass(torch.Tensor).double()
+    corners = b[:, [[0, 1], [2, 1], [2, 3], [0, 3]]].reshape(-1, 2)
+    mapped = torch.cat([corners, torch.ones(len(corners), 1, dtype=torch.float64)], 1) @ h.T
+    xy = (mapped[:, :2] / mapped[:, 2:]).view(-1, 4, 2)
+    out = torch.cat([xy.amin(1), xy.amax(1)], 1).clamp_(0, size).float()
+    return tv_tensors.BoundingBoxes(out, format="XYXY", canvas_size=(size, size))
 
 
 def perspective_coefficients(d: AffineDraw, size: int, points=None) -> list[float]:
