@@ -19,6 +19,7 @@ The last line is ``loader: <X> items/s per core (augmentation on the device), <Y
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -133,8 +134,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=96)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu", help="where the batched augmentation step is timed (cpu, cuda)")
+    ap.add_argument("--json", action="store_true", help="print the measurements as JSON instead")
     args = ap.parse_args(argv)
-    print("\n".join(lines(measure(args.images, args.repeats, args.device))))
+    r = measure(args.images, args.repeats, args.device)
+    print(json.dumps(r) if args.json else "\n".join(lines(r)))
 
 
 if __name__ == "__main__":

@@ -63,6 +63,17 @@ def noop_repro(repeats: int) -> dict:
     return {"times": times, "stages": stages, "tables": tables}
 
 
+def loader_in_a_fresh_process(quick: bool) -> dict:
+    """``bench_loader`` in its own process: a loader worker is a fresh process (with a GPU, nothing has set
+    this process's allocator or threads), and the other benchmarks leave this one's heap full."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, str(ROOT / "benchmarks/bench_loader.py"), "--json"] + \
+        (["--images", "32", "--repeats", "1"] if quick else [])
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+
+
 def _spread(values: list[float], fmt: str = "{:.3f}") -> str:
     return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))} – {fmt.format(max(values))})"
 
@@ -80,8 +91,6 @@ def machine() -> str:
 
 
 def main() -> None:
-    import torch
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats and smaller models (a smoke check)")
     ap.add_argument("--out", default=str(ROOT / "reports/performance.md"))
@@ -96,9 +105,7 @@ def main() -> None:
     print("5/6 no-op dvc repro (runs the smoke pipeline first) ...", flush=True)
     noop = noop_repro(repeats=repeats)
     print("6/6 the training loader ...", flush=True)
-    threads = torch.get_num_threads()  # the loader is timed per core, on one thread
-    loader = bench_loader.measure(images=96 if not args.quick else 32, repeats=3 if not args.quick else 1)
-    torch.set_num_threads(threads)
+    loader = loader_in_a_fresh_process(quick=args.quick)
 
     s = step["steps"]
     rows = [
