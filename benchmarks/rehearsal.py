@@ -33,6 +33,7 @@ import pandas as pd
 
 from vitfgvc.config import Params
 from vitfgvc.data.registry import spec
+from vitfgvc.inference import TRAINING_SUMMARY, read_training, training_record
 from vitfgvc.report.tables import describe_hardware
 
 GIB = 2**30
@@ -90,11 +91,11 @@ def training_rows(project: Path, base: dict) -> list[dict]:
     """Per training stage: what it measured and the full run's extrapolated hours."""
     rows = []
     for stage, dataset, name, variant in _runs(base):
-        summary_path = project / "models" / dataset / name / "training.json"
-        if not summary_path.exists():
+        history_path = project / "metrics" / dataset / f"{name.replace('/', os.sep)}_history.csv"
+        if not (project / "models" / dataset / name / TRAINING_SUMMARY).exists():
             continue
-        summary = json.loads(summary_path.read_text())
-        history = pd.read_csv(project / "metrics" / dataset / f"{name.replace('/', os.sep)}_history.csv")
+        summary = read_training(project / "models" / dataset / name, training_record(history_path))
+        history = pd.read_csv(history_path)
         cfg = _run_config(base, dataset, "multistage" if variant else name, variant)
         batch = cfg.train.batch_size                     # the paper's optimiser batch
         measured_batch = summary["batch_size"]           # the rehearsal's

@@ -2,27 +2,31 @@
 
 Trains one model and writes ``models/<dataset>/<name>/`` (weights, resolved config,
 classes, training summary) and ``metrics/<dataset>/<name>_history.csv`` (``<name>`` is
-the model, ``ablation/<variant>`` or ``baseline_equal_time``); the run is logged to
+the model, ``ablation/<variant>`` or ``baseline_equal_time``) and how it ran,
+``metrics/<dataset>/<name>_training.json`` (seconds, hardware, the MLflow run); the run is logged to
 MLflow. The test split is the evaluation stage's. With ``runtime.nproc`` > 1 the script
-runs itself under torchrun (DDP); started again after a kill, it resumes from its last
-checkpoint.
+runs itself under torchrun (DDP); with ``runtime.nnodes`` > 1 every node runs this same
+command and torchrun's c10d rendezvous at ``runtime.rdzv_endpoint`` joins them into one
+training (global rank 0 writes every output). Started again after a kill, it resumes from
+its last checkpoint.
 """
 
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
 from vitfgvc.config import MODELS, load_params
 from vitfgvc.errors import UserError, run_main
-from vitfgvc.inference import TRAINING_SUMMARY
 from vitfgvc.tracking import Tracker
 from vitfgvc.training import RunPaths, equal_time_config, train
 
 
-def read_summary(dataset: str, model: str) -> dict:
-    path = Path("models") / dataset / model / TRAINING_SUMMARY
+def read_record(dataset: str, model: str) -> dict:
+    """How the ``model@dataset`` training ran (its seconds): metrics/<dataset>/<model>_training.json."""
+    path = RunPaths.for_run(dataset, model).record
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -43,11 +47,19 @@ def main() -> None:
     params = load_params(args.params)
     cfg = params.run_config(args.dataset, args.model, args.variant)
     if args.equal_time:
-        cfg = equal_time_config(cfg, read_summary(args.dataset, "multistage"), read_summary(args.dataset, "baseline"))
-    if params.runtime.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        cfg = equal_time_config(cfg, read_record(args.dataset, "multistage"), read_record(args.dataset, "baseline"))
+    rt = params.runtime
+    if (rt.nproc > 1 or rt.nnodes > 1) and "LOCAL_RANK" not in os.environ:
         from torch.distributed.run import main as torchrun
 
-        torchrun(["--standalone", f"--nproc-per-node={params.runtime.nproc}", __file__, *sys.argv[1:]])
+        if rt.nnodes > 1:  # one training over several machines: every node runs this same command
+            where = ["--nnodes", str(rt.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", rt.rdzv_endpoint,
+                     "--rdzv-id", re.sub(r"[^A-Za-z0-9_-]", "-", f"{cfg.run_name}-{args.equal_time}")]
+            if rt.node_rank is not None:
+                where += ["--node-rank", str(rt.node_rank)]
+        else:
+            where = ["--standalone"]
+        torchrun([*where, f"--nproc-per-node={rt.nproc}", __file__, *sys.argv[1:]])
         return
 
     if args.equal_time:

@@ -123,6 +123,24 @@ def test_a_cross_closing_needs_an_odd_side(tmp_path):
         assert load_params(ok).multistage.closing == closing
 
 
+@pytest.mark.parametrize("runtime, expected", [
+    ({"nnodes": 2}, "runtime.nnodes is 2: runtime.rdzv_endpoint (host:port of the rendezvous, reachable from every "
+                    "node) is required"),
+    ({"nnodes": 2, "rdzv_endpoint": "node001"}, "runtime.rdzv_endpoint must be host:port (a port of 1-65535 on a "
+                                                "host every node reaches), got 'node001'"),
+    ({"nnodes": 2, "rdzv_endpoint": "node001:70000"}, "runtime.rdzv_endpoint must be host:port"),
+    ({"nnodes": 2, "rdzv_endpoint": "node001:29500", "node_rank": 2},
+     "runtime.node_rank must be below runtime.nnodes (2), got 2"),
+])
+def test_several_nodes_need_a_rendezvous(tmp_path, runtime, expected):
+    path = _write(tmp_path, lambda d: set_dotted(d, **{f"runtime.{k}": v for k, v in runtime.items()}))
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert expected in str(err.value)
+    ok = _write(tmp_path, lambda d: set_dotted(d, **{"runtime.nnodes": 2, "runtime.rdzv_endpoint": "10.0.0.1:29500"}))
+    assert load_params(ok).runtime.rdzv_endpoint == "10.0.0.1:29500"
+
+
 def test_missing_section_and_every_problem_listed(tmp_path):
     def edit(data):
         del data["pipeline"]

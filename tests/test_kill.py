@@ -11,10 +11,8 @@ continues from the bytes it kept, and nothing already verified is fetched again.
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing as mp
 import os
-import re
 import runpy
 import signal
 import sys
@@ -27,15 +25,14 @@ import yaml
 
 from vitfgvc.data.download import Checksums, fetch
 
+from benchmarks.outcome import digest
+
 from .conftest import ROOT, set_dotted, smoke_params
 from .fixtures import FileServer, write_cub
 
 pytestmark = pytest.mark.slow
 
 KILLS = 3  # random kill points per stage
-# measured, not computed: a rerun (on the same machine) differs in these keys only
-VOLATILE = {"eval_seconds", "eval_images_per_s", "eval_peak_memory_mib", "train_seconds", "seconds_per_epoch",
-            "train_images_per_s", "peak_memory_mib", "memory", "mlflow_run_id"}
 
 
 def _stage(project: Path, script: str, *args: str) -> None:
@@ -68,26 +65,12 @@ def _run(project: Path, script: str, *args: str, kill_after: float | None = None
     return "finished"
 
 
-def _digest(path: Path) -> dict[str, str]:
-    """Every file under ``path`` (or ``path`` itself) -> its content hash; JSON without its timings."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()) if path.exists() else []
-    out = {}
-    for f in files:
-        data = f.read_bytes()
-        if f.suffix == ".json":
-            data = json.dumps({k: v for k, v in json.loads(data).items() if k not in VOLATILE}, sort_keys=True).encode()
-        if f.suffix == ".csv" and "history" in f.name or f.name.startswith("compute_"):
-            continue  # per-step timings; the tables and figures at equal compute hold training seconds
-        if f.name == "tables.md":  # ... and so does that table's section of the Markdown
-            data = re.sub(rb"### [^\n]* at equal compute.*?(?=\n### |\Z)", b"", data, flags=re.S)
-        out[str(f.relative_to(path.parent))] = hashlib.sha256(data).hexdigest()
-    return out
-
-
 STAGES = [  # (script, args, outputs)
     ("download.py", ("--dataset", "cub"), ["data/raw/cub"]),
     ("prepare.py", ("--dataset", "cub"), ["data/prepared/cub", "metrics/prepare/cub.json"]),
-    ("train.py", ("--dataset", "cub", "--model", "multistage"), ["models/cub/multistage"]),
+    ("train.py", ("--dataset", "cub", "--model", "multistage"), ["models/cub/multistage",
+                                                                  "metrics/cub/multistage_training.json",
+                                                                  "metrics/cub/multistage_history.csv"]),
     ("evaluate.py", ("--dataset", "cub", "--run", "multistage"), ["evaluation/cub/multistage",
                                                                    "metrics/cub/multistage.json"]),
     ("figures.py", ("--dataset", "cub"), ["reports/figures/cub"]),
@@ -131,16 +114,16 @@ def test_every_stage_killed_anywhere_ends_as_an_uninterrupted_run(tmp_path, monk
         start = time.perf_counter()
         assert _run(whole, script, *args) == "finished"
         seconds = time.perf_counter() - start
-        reference = {o: _digest(whole / o) for o in outputs}
+        reference = {o: digest(whole / o) for o in outputs}
         outcomes = []
         for delay in sorted(rng.uniform(0.05, 0.95, KILLS) * seconds):
             outcomes.append(_run(killed, script, *args, kill_after=float(delay)))
             for o in outputs:  # an output is absent, or whole: never half-written
-                got = _digest(killed / o)
+                got = digest(killed / o)
                 assert got in ({}, reference[o]), f"{script} killed after {delay:.2f} s left a partial {o}"
         assert _run(killed, script, *args) == "finished"
         for o in outputs:
-            assert _digest(killed / o) == reference[o], f"{script}: {o} differs from the uninterrupted run"
+            assert digest(killed / o) == reference[o], f"{script}: {o} differs from the uninterrupted run"
         tried[script] = (outcomes.count("killed"), round(seconds, 2))
     print(f"\nkill points (killed, seconds of an uninterrupted run): {tried}")
     # every kind of stage was killed mid-way at least once (a run resumed after a kill may finish before the next

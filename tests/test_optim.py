@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from vitfgvc.config import ParamsError, TrainSection, load_params
 from vitfgvc.errors import UserError
 from vitfgvc.model import build_model
-from vitfgvc.optim import build_optimizer, lr_max, param_groups, ranger, set_trainable, start_phase
+from vitfgvc.optim import build_optimizer, lr_max, param_groups, ranger, start_phase
 
 from .conftest import ROOT, smoke_params
 

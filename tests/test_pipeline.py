@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import yaml
 from benchmarks.profiles import environment
 
 from .conftest import ROOT
-from .pipeline import Project, make_project, stages_run
+from .pipeline import Project, make_project, mlflow_server, stages_run
 
 pytestmark = pytest.mark.slow
 
@@ -193,31 +192,9 @@ def test_exp_run_reruns_exactly_what_reads_the_key(smoke):
                                                              "tables"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mlflow_server_lists_every_training_run(smoke):
     project, _, _ = smoke
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{project.root / 'mlflow.db'}",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=project.root, env=project.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise AssertionError(f"mlflow server did not start: {server.stderr.read1(4000)!r}") from None
-                time.sleep(0.5)
+    with mlflow_server(project.root / "mlflow.db", project.env) as base:
         with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=vitfgvc") as r:
             experiment = json.load(r)["experiment"]["experiment_id"]
         request = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", method="POST",
@@ -225,9 +202,6 @@ def test_mlflow_server_lists_every_training_run(smoke):
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request) as r:
             runs = json.load(r)["runs"]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     seen = set()
     for run in runs:
         tags = {t["key"]: t["value"] for t in run["data"]["tags"]}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -136,10 +135,10 @@ def test_the_report_reads_a_rehearsal_folder(tmp_path):
     derived = rehearsal.derive_params(base, steps=1, eval_images=4, micro_batch=2, workers=1)
     folder = tmp_path / "models/cub/baseline"
     folder.mkdir(parents=True)
-    (folder / "training.json").write_text(json.dumps({
-        "batch_size": 2, "micro_batch": 2, "peak_memory_mib": 4096.0, "memory": "process peak RSS",
-        "parameters": 86_000_000}))
+    (folder / "training.json").write_text(json.dumps({"batch_size": 2, "parameters": 86_000_000}))
     (tmp_path / "metrics/cub").mkdir(parents=True)
+    (tmp_path / "metrics/cub/baseline_training.json").write_text(json.dumps({
+        "micro_batch": 2, "peak_memory_mib": 4096.0, "memory": "process peak RSS"}))
     pd.DataFrame({"phase": ["frozen", "unfrozen", "final"], "steps": [1, 1, 1], "seconds": [2.0, 6.0, 6.0],
                   "data_seconds": [0.5, 0.5, 0.5], "optimizer_seconds": [0.5, 1.5, 1.5],
                   "images_per_s": [1.0, 0.33, 0.33]}).to_csv(tmp_path / "metrics/cub/baseline_history.csv",

@@ -17,6 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from benchmarks.learning_spread import BOUNDS, digits_attention, wrong_boxes
+from vitfgvc.inference import read_training
 from vitfgvc.training import NonFiniteLossError, counting_flops
 
 from .conftest import ROOT, set_dotted, subprocess_env, train_in_process
@@ -49,8 +50,8 @@ def evaluate_stage(cwd: Path, params: Path, dataset: str, run: str, env=None) ->
 
 
 def outcome(folder: Path, dataset: str, model: str) -> tuple[dict, dict]:
-    """A training's summary (without its timings and MLflow run) and its weights."""
-    summary = json.loads((folder / f"models/{dataset}/{model}/training.json").read_text())
+    """A training's summary and its record (without its timings and MLflow run), and its weights."""
+    summary = read_training(folder / f"models/{dataset}/{model}", folder / f"metrics/{dataset}/{model}_training.json")
     weights = load_file(str(folder / f"models/{dataset}/{model}/model.safetensors"))
     return {k: v for k, v in summary.items() if k not in TIMING | {"mlflow_run_id"}}, weights
 
@@ -111,6 +112,11 @@ def test_same_params_and_seed_give_the_same_metrics(workspace, tmp_path, torch_s
                                                                                  "multistage")
     assert ma == mb
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # the model directory holds results only (its measurements are in the record beside the history): the same
+    # training writes the same bytes, so DVC gives it the same hash
+    files = sorted(p.name for p in a.model_dir.iterdir())
+    assert files == sorted(p.name for p in b.model_dir.iterdir())
+    assert all((a.model_dir / f).read_bytes() == (b.model_dir / f).read_bytes() for f in files)
     _, c, _ = train_in_process(workspace, tmp_path / "c", "digits", "multistage", seed=1)
     assert outcome(tmp_path / "c", "digits", "multistage")[0] != ma
 
@@ -198,6 +204,40 @@ def test_ddp_with_two_gloo_processes_matches_one_process(workspace, tmp_path):
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-5, atol=1e-6)
     for key in ("accuracy", "accuracy_a", "accuracy_b", "accuracy_c", "box_iou"):
+        assert m2[key] == pytest.approx(m1[key], abs=2.1), key  # at most one of 48 test images flips
+
+
+def test_one_training_over_two_nodes_matches_one_process(workspace, tmp_path):
+    """runtime.nnodes 2: two launches of the same stage command (two "nodes" on loopback) meet at torchrun's c10d
+    rendezvous and train one model; only global rank 0 writes. It equals a one-process training of the same global
+    batches to the tolerance of the DDP test above (two code paths on the same inputs, not learning)."""
+    import socket
+
+    data = yaml.safe_load((workspace / "params.yaml").read_text())
+    env = subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", OMP_NUM_THREADS="1")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = {}
+    for nodes in (1, 2):
+        folder = tmp_path / f"nodes{nodes}"
+        extra = {"runtime.nnodes": 2, "runtime.rdzv_endpoint": f"127.0.0.1:{port}"} if nodes == 2 else {}
+        params = write_params(folder / "cfg", data, **{"train.batch_size": 8, **extra})
+        (folder / "data").symlink_to(workspace / "data")
+        procs = [stage_process(folder, params, "digits", "multistage", env) for _ in range(nodes)]
+        for proc in procs:
+            out, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err[-4000:]
+        metrics = evaluate_stage(folder, params, "digits", "multistage", env)
+        summary, weights = outcome(folder, "digits", "multistage")
+        results[nodes] = {**summary, **metrics}, weights
+    (m1, w1), (m2, w2) = results[1], results[2]
+    assert m2["processes"] == 2 and m1["processes"] == 1  # the two launches were one training of two processes
+    assert m2["final_train_loss"] == pytest.approx(m1["final_train_loss"], rel=1e-6)
+    assert m2["train_flops"] == m1["train_flops"]
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-5, atol=1e-6)
+    for key in ("accuracy", "accuracy_a", "accuracy_b", "accuracy_c"):
         assert m2[key] == pytest.approx(m1[key], abs=2.1), key  # at most one of 48 test images flips
 
 

@@ -47,6 +47,13 @@ def _in(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False):
     return AfterValidator(check)
 
 
+def _host_port(v: str) -> str:
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be host:port (a port of 1-65535 on a host every node reaches)")
+    return v
+
+
 def _ordered_pair(v: list[float]) -> list[float]:
     if v[0] > v[1]:
         raise ValueError("must be [low, high] with low <= high")
@@ -303,6 +310,11 @@ class RuntimeSection(Section):
     workers: NonNegInt = 4
     threads: NonNegInt = 0
     nproc: PosInt = 1
+    # one training over several machines: nnodes > 1 runs each training stage under torchrun's c10d rendezvous at
+    # rdzv_endpoint (host:port, reachable from every node); node_rank null lets the rendezvous number the nodes
+    nnodes: PosInt = 1
+    node_rank: NonNegInt | None = None
+    rdzv_endpoint: Annotated[str, AfterValidator(_host_port)] | None = None
     accum_steps: PosInt = 1
     grad_checkpointing: bool = True
     eval_batch_size: PosInt = 32
@@ -386,6 +398,16 @@ class Params(Section):
                 name: ({**entry, "format": name} if isinstance(entry, dict) and entry.get("format") is None
                        and name in NAMED else entry) for name, entry in data["datasets"].items()}}
         return data
+
+    @model_validator(mode="after")
+    def _nodes(self) -> "Params":
+        rt = self.runtime
+        if rt.nnodes > 1 and rt.rdzv_endpoint is None:
+            raise ValueError(f"runtime.nnodes is {rt.nnodes}: runtime.rdzv_endpoint (host:port of the rendezvous, "
+                             "reachable from every node) is required")
+        if rt.node_rank is not None and rt.node_rank >= rt.nnodes:
+            raise ValueError(f"runtime.node_rank must be below runtime.nnodes ({rt.nnodes}), got {rt.node_rank}")
+        return self
 
     @model_validator(mode="after")
     def _ablation_in_pipeline(self) -> "Params":

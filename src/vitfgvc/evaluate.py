@@ -20,7 +20,7 @@ import torch
 from .config import RuntimeSection
 from .data.loader import Manifest, ManifestDataset
 from .devices import autocast_for, device_for, make_loader, peak_memory_mib
-from .inference import TRAINING_SUMMARY, load_model_dir
+from .inference import load_model_dir, read_training, training_record
 from .io import replacing_dir, write_json
 from .predictions import Predictions, predict
 from .tracking import RunNotFound
@@ -117,7 +117,8 @@ def evaluate_model(model_dir: Path, data: Path, out_dir: Path, metrics_path: Pat
     ``out_dir`` gets the test predictions, per-class accuracy, the confusion matrix (CSV and
     PNG) and a sample attention figure, written beside it and renamed into place when
     complete; ``metrics_path`` the metrics JSON the tables read: the test metrics and the
-    training's summary (``auc``: also the mean column-wise ROC AUC). With ``tracker_factory`` the metrics and
+    training's summary and record (the record beside ``metrics_path``, ``<name>_training.json``;
+    ``auc``: also the mean column-wise ROC AUC). With ``tracker_factory`` the metrics and
     figures are logged to the
     training's own MLflow run (a new run where that one is not in the store, e.g. a model
     fetched with ``dvc pull`` from another machine).
@@ -129,7 +130,7 @@ def evaluate_model(model_dir: Path, data: Path, out_dir: Path, metrics_path: Pat
         torch.set_num_threads(runtime.threads)
     loaded = load_model_dir(model_dir, device)
     cfg, classes = loaded.cfg, loaded.classes
-    training = json.loads((Path(model_dir) / TRAINING_SUMMARY).read_text())
+    training = read_training(model_dir, training_record(metrics_path))
     test_ds = ManifestDataset(Manifest.read(data), "test", loaded.input_size, train=False, transform=cfg.transform,
                               on_device=runtime.augment == "device")
     images = test_ds if not runtime.limit_eval else \

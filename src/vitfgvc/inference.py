@@ -21,7 +21,24 @@ from .multistage import Baseline, MultiStage, build
 
 # the model directory a training writes (models/<dataset>/<name>/)
 WEIGHTS, CONFIG, CLASSES = "model.safetensors", "config.yaml", "classes.csv"
-TRAINING_SUMMARY = "training.json"  # epochs, seconds, hardware, the MLflow run id
+TRAINING_SUMMARY = "training.json"  # what the training computed: epochs, FLOPs, final loss, batch, parameters
+# how it ran, beside its history: metrics/<dataset>/<name>_training.json (seconds, images/s, memory, hardware,
+# processes, the MLflow run id). Kept out of the model directory, so that the same training gives the same
+# directory (and DVC hash) whatever the machine's speed
+TRAINING_RECORD = "_training.json"
+
+
+def training_record(metrics_file: Path) -> Path:
+    """The training record beside a run's metrics file (``metrics/<d>/<name>.json`` or ``<name>_history.csv``)."""
+    stem = metrics_file.name.removesuffix(".json").removesuffix("_history.csv")
+    return metrics_file.with_name(stem + TRAINING_RECORD)
+
+
+def read_training(model_dir: Path, record: Path) -> dict:
+    """A training's summary and its record, as one dict."""
+    import json
+
+    return {**json.loads((Path(model_dir) / TRAINING_SUMMARY).read_text()), **json.loads(Path(record).read_text())}
 REQUIRED = (WEIGHTS, CONFIG, CLASSES)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import random
 import shutil
@@ -38,7 +39,7 @@ from .data.loader import EpochBatches, Manifest, ManifestDataset
 from .data.on_device import batch_views
 from .devices import Dist, autocast_for, device_for, keep_freed_memory, make_loader, peak_memory_mib
 from .errors import UserError
-from .inference import CLASSES, CONFIG, TRAINING_SUMMARY, WEIGHTS
+from .inference import CLASSES, CONFIG, TRAINING_SUMMARY, WEIGHTS, training_record
 from .io import atomic_write_bytes, replacing_dir, write_json, write_text
 from .multistage import build, joint_loss
 from .optim import build_optimizer, start_phase
@@ -66,6 +67,11 @@ class RunPaths:
     def for_run(cls, dataset: str, name: str, root: Path = Path(".")) -> "RunPaths":
         return cls(root / "data/prepared" / dataset, root / "models" / dataset / name,
                    root / "metrics" / dataset / f"{name}_history.csv", root / "checkpoints" / dataset / name)
+
+    @property
+    def record(self) -> Path:
+        """metrics/<dataset>/<name>_training.json: how the training ran (seconds, hardware, the MLflow run)."""
+        return training_record(self.history)
 
 
 @dataclass(frozen=True)
@@ -171,6 +177,19 @@ class Checkpoints:
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    # the run's MLflow id, kept from the moment the run starts: a training killed before its first checkpoint
+    # continues the same MLflow run instead of leaving a second one behind
+    def run_id(self) -> str | None:
+        path = self.folder / "mlflow_run.json"
+        try:
+            kept = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return kept.get("run_id") if kept.get("key") == self.key else None
+
+    def keep_run_id(self, run_id: str) -> None:
+        write_json(self.folder / "mlflow_run.json", {"key": self.key, "run_id": run_id})
 
 
 # ------------------------------------------------------------------ one run's fixed context
@@ -502,7 +521,8 @@ def train(cfg: RunConfig, runtime: RuntimeSection, paths: RunPaths, *, stage: st
         ctx.tracker = tracker_factory()
         state.mlflow_run_id = ctx.tracker.start(cfg.run_name, tags=_tags(cfg, stage),
                                                 params=cfg.model_dump(mode="json"), source=stage,
-                                                run_id=state.mlflow_run_id)
+                                                run_id=state.mlflow_run_id or ctx.ckpt.run_id())
+        ctx.ckpt.keep_run_id(state.mlflow_run_id)
         ctx.tracker.log_data(paths.data / "manifest.csv", cfg.dataset, splits=("train", "val"))
 
     status = "FAILED"
@@ -562,42 +582,45 @@ def _run_phases(state: TrainState, ctx: Context, train_ds, sampler: EpochBatches
 
 
 def _write_outputs(state: TrainState, ctx: Context, classes: list[str]) -> dict:
-    """The model directory (weights, resolved config, classes, training summary), then the history."""
+    """The model directory (weights, resolved config, classes, training summary), then the training's record and
+    history; returns the summary and the record as one dict."""
     from safetensors.torch import save_file
 
     cfg, paths, history = ctx.cfg, ctx.paths, state.history
     seconds = sum(r["seconds"] for r in history)
     peak, memory = peak_memory_mib(ctx.device)
+    # what was computed: the same for the same config and data, on any machine (the model directory's hash)
     summary = {"dataset": cfg.dataset, "model": cfg.model, "variant": cfg.variant, "backbone": cfg.backbone.name,
-               "epochs": len(history), "train_seconds": round(seconds, 2),
-               "train_flops": int(sum(r.get("flops", 0) for r in history)),
-               "seconds_per_epoch": round(seconds / max(len(history), 1), 3),
-               "train_images_per_s": round(float(np.mean([r["images_per_s"] for r in history])), 2)
-               if history else None,
+               "epochs": len(history), "train_flops": int(sum(r.get("flops", 0) for r in history)),
                "final_train_loss": history[-1]["train_loss"] if history else None,
                "batch_size": cfg.train.batch_size,
-               "micro_batch": cfg.train.batch_size // (ctx.runtime.accum_steps * ctx.dist.world),
-               "processes": ctx.dist.world, "grad_checkpointing": ctx.runtime.grad_checkpointing,
                "parameters": sum(p.numel() for p in state.model.net.parameters()),
-               "peak_memory_mib": round(peak, 1), "memory": memory,
-               "limit_steps": ctx.runtime.limit_steps or None,
-               "hardware": hardware(), "mlflow_run_id": state.mlflow_run_id}
+               "limit_steps": ctx.runtime.limit_steps or None}
+    # how it ran: measurements, the processes and the MLflow run (beside the history)
+    record = {"train_seconds": round(seconds, 2), "seconds_per_epoch": round(seconds / max(len(history), 1), 3),
+              "train_images_per_s": round(float(np.mean([r["images_per_s"] for r in history])), 2)
+              if history else None,
+              "micro_batch": cfg.train.batch_size // (ctx.runtime.accum_steps * ctx.dist.world),
+              "processes": ctx.dist.world, "grad_checkpointing": ctx.runtime.grad_checkpointing,
+              "peak_memory_mib": round(peak, 1), "memory": memory, "hardware": hardware(),
+              "mlflow_run_id": state.mlflow_run_id}
     with replacing_dir(paths.model_dir) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in state.model.net.state_dict().items()},
                   str(tmp / WEIGHTS))
         write_text(tmp / CONFIG, cfg.to_yaml())
         pd.DataFrame({"label": range(len(classes)), "class_name": classes}).to_csv(tmp / CLASSES, index=False)
         write_json(tmp / TRAINING_SUMMARY, summary)
+    write_json(paths.record, record)
     write_text(paths.history, pd.DataFrame(history).to_csv(index=False))
     if ctx.tracker is not None:
         ctx.tracker.log_artifact(paths.model_dir / CONFIG)
-    return summary
+    return {**summary, **record}
 
 
 def equal_time_config(cfg: RunConfig, multistage: dict, baseline: dict) -> RunConfig:
     """The baseline given the multistage model's wall-clock budget: its epochs scaled by the time ratio.
 
-    ``multistage`` and ``baseline`` are the two trainings' summaries (their ``train_seconds``).
+    ``multistage`` and ``baseline`` are the two trainings' records (their ``train_seconds``).
     """
     factor = multistage["train_seconds"] / baseline["train_seconds"]
     t = cfg.train
