@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Ray, wherever a test starts it (and the stages it runs), binds to loopback only: its single-machine mode
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
     """``-n auto`` (pyproject's addopts): one worker per CPU this process may run on (psutil's physical count
     can say 1 on a 2-vCPU machine), at most 8: ``--dist loadscope`` hands out whole modules, and the smoke
     pipeline's module alone is about 40 % of the suite."""
-    import os
-
     return max(1, min(len(os.sched_getaffinity(0)), 8))
 
 

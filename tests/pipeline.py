@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,3 +52,36 @@ def make_project(dest: Path, profile: str | Profile = "smoke") -> Project:
     env.pop("MLFLOW_TRACKING_URI", None)
     sync(dest, PROFILES[profile] if isinstance(profile, str) else profile, env, ROOT)
     return Project(dest, env)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(db: Path, env: dict[str, str]):
+    """An ``mlflow server`` on 127.0.0.1 over the SQLite store ``db``, up and healthy; yields its URI."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
+         "--default-artifact-root", str(db.parent / "mlartifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=db.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise AssertionError(f"mlflow server did not start: {server.stderr.read1(4000)!r}") from None
+                time.sleep(0.5)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,6 +1,10 @@
-"""``vitfgvc``: command-line use of a trained model.
+"""``vitfgvc``: command-line use of a trained model, and the pipeline on many GPUs.
 
     vitfgvc predict MODEL_DIR IMAGE_OR_FOLDER... [--top-k 5] [--explain OUT_DIR] [--json] [--device auto]
+    vitfgvc repro [--jobs N] [--address ADDR] [--dry] [--force] [TARGETS...]
+
+``repro`` runs the stages ``dvc repro [TARGETS]`` would, up to N at once on Ray
+(:mod:`vitfgvc.scheduler`), and records each in DVC as ``dvc repro`` does.
 
 ``MODEL_DIR`` is a directory written by a training stage (``models/<dataset>/<model>``).
 Images are JPEG, PNG or WebP files of any mode and size, folders (searched
@@ -172,7 +176,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                    help=f"refuse an image that declares more pixels, before decoding it (default {MAX_PIXELS:,}, PIL's)")
+    r = sub.add_parser("repro", help="the stages `dvc repro` would run, up to N at once on Ray",
+                       description="Reproduce exactly the stages `dvc repro [TARGETS]` would, up to --jobs at once "
+                                   "through Ray; this process alone touches DVC and records each stage as it ends.")
+    r.add_argument("targets", metavar="TARGETS", nargs="*", help="stages or groups, as `dvc repro` takes them")
+    r.add_argument("--jobs", "-j", type=int, default=1, help="stages at once (default 1; one per GPU you have)")
+    r.add_argument("--address", help="a running Ray cluster (auto, or host:port); default: a local Ray for this run")
+    r.add_argument("--dry", action="store_true", help="print the plan (waves, critical path, estimate); run nothing")
+    r.add_argument("--force", "-f", action="store_true", help="run every planned stage, changed or not")
+    r.add_argument("--project", default=".", help="the project's folder (default: here)")
     args = parser.parse_args(argv)
+    if args.command == "repro":
+        return _repro(args)
     if args.top_k < 1:
         parser.error(f"--top-k must be at least 1, got {args.top_k}")
     if args.max_pixels < 1:
@@ -194,6 +209,23 @@ def main(argv: list[str] | None = None) -> int:
     for r in failed:
         print(f"error: {r.image}: {r.error}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _repro(args) -> int:
+    from .errors import UserError
+    from .scheduler import repro
+
+    if args.jobs < 1:
+        print(f"error: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)
+        return 2
+    from dvc.exceptions import DvcException
+
+    try:
+        return repro(Path(args.project), args.targets, jobs=args.jobs, address=args.address, dry=args.dry,
+                     force=args.force)
+    except (UserError, DvcException) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
