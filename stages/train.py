@@ -16,7 +16,6 @@ import json
 import os
 import re
 import sys
-from pathlib import Path
 
 from vitfgvc.config import MODELS, load_params
 from vitfgvc.errors import UserError, run_main

@@ -9,7 +9,6 @@ where the dataset has object boxes, how well the attention's object box finds th
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
