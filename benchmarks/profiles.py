@@ -56,6 +56,8 @@ PROFILES = {
                      fixtures=()),
     "cpu": Profile("params-cpu.yaml", "the method on cluttered digits, a small ViT from scratch",
                    reports="reports/cpu"),
+    "pretrained": Profile("params-pretrained.yaml", "the CPU benchmark with its encoder pretrained on generated "
+                          "fractals (pretrain@fractals)", reports="reports/pretrained"),
     "rehearsal": Profile("params.yaml", "the paper's DAG at full size on archives at the real image sizes, a few "
                          "steps per phase (benchmarks/rehearsal.py)", fixtures=("--realistic",)),
 }
@@ -245,6 +247,13 @@ def run_seeds(dest: Path, profile: Profile, env: dict[str, str], base: dict, arg
     out.write_text(text)
     print(text)
     print(f"{args.profile}: {out.relative_to(ROOT)} written ({len(values)} seeds)")
+    if args.profile == "pretrained":  # the study: beside the from-scratch seeds.md it is compared with
+        from benchmarks import pretrained
+
+        study = ROOT / pretrained.REPORT
+        study.write_text(pretrained.report(copies, base, args.seed_variants, per_seed, command=command,
+                                           scratch_seeds=ROOT / pretrained.SCRATCH_SEEDS))
+        print(f"{args.profile}: {pretrained.REPORT} written")
 
 
 def run_rehearsal(dest: Path, profile: Profile, env: dict[str, str], args) -> None:

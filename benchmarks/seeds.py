@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-PROFILE = "cpu"          # the only profile with a seed study: the others are rehearsals, not results
+PROFILES = ("cpu", "pretrained")  # the profiles with a seed study: the others are rehearsals, not results
 MIN_SEEDS = 3            # fewer seeds never claim a difference
 CONFIDENCE = 0.95
 PERCENT = f"{CONFIDENCE * 100:g} %"
@@ -41,8 +41,8 @@ class SeedsError(ValueError):
 def check_request(profile: str, params: dict, seeds: int | None, variants: Sequence[str]) -> None:
     """Refuse ``--seeds``/``--seed-variants`` on another profile than ``cpu``, fewer than 2 seeds,
     variants without ``--seeds``, and variant names that ``params``' ``ablation.variants`` lacks."""
-    if profile != PROFILE:
-        raise SeedsError(f"--seeds and --seed-variants are for the {PROFILE} profile only, not {profile!r} "
+    if profile not in PROFILES:
+        raise SeedsError(f"--seeds and --seed-variants are for the {' and '.join(PROFILES)} profiles only, not {profile!r} "
                          "(its figures check that the pipeline runs; they are not results)")
     if seeds is None:
         raise SeedsError("--seed-variants needs --seeds N (the number of seeds)")

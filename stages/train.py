@@ -13,11 +13,10 @@ its last checkpoint.
 
 import argparse
 import json
-import os
-import re
 import sys
 
 from vitfgvc.config import MODELS, load_params
+from vitfgvc.devices import run_under_torchrun
 from vitfgvc.errors import UserError, run_main
 from vitfgvc.tracking import Tracker
 from vitfgvc.training import RunPaths, equal_time_config, train
@@ -47,18 +46,7 @@ def main() -> None:
     cfg = params.run_config(args.dataset, args.model, args.variant)
     if args.equal_time:
         cfg = equal_time_config(cfg, read_record(args.dataset, "multistage"), read_record(args.dataset, "baseline"))
-    rt = params.runtime
-    if (rt.nproc > 1 or rt.nnodes > 1) and "LOCAL_RANK" not in os.environ:
-        from torch.distributed.run import main as torchrun
-
-        if rt.nnodes > 1:  # one training over several machines: every node runs this same command
-            where = ["--nnodes", str(rt.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", rt.rdzv_endpoint,
-                     "--rdzv-id", re.sub(r"[^A-Za-z0-9_-]", "-", f"{cfg.run_name}-{args.equal_time}")]
-            if rt.node_rank is not None:
-                where += ["--node-rank", str(rt.node_rank)]
-        else:
-            where = ["--standalone"]
-        torchrun([*where, f"--nproc-per-node={rt.nproc}", __file__, *sys.argv[1:]])
+    if run_under_torchrun(params.runtime, __file__, sys.argv[1:], f"{cfg.run_name}-{args.equal_time}"):
         return
 
     if args.equal_time:

@@ -13,7 +13,7 @@ resolved config is what a model directory stores next to its weights.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -104,6 +104,19 @@ class SynthConfig(Section):
     clutter: NonNegInt = 8
     clutter_size: Annotated[list[PosInt], Field(min_length=2, max_length=2)] = [12, 24]
     noise: NonNegFloat = 0.0
+
+
+class FractalConfig(Section):
+    """How the ``fractals`` categories are drawn (format fractals, a pretraining source; ignored by the others)."""
+
+    classes: Annotated[int, _in(2, float("inf"))] = 40
+    train: PosInt = 100          # training images per category (val_fraction of them hold out for validation)
+    test: PosInt = 5             # test images per category (a pretraining is never tested: kept small)
+    maps: Annotated[list[PosInt], Field(min_length=2, max_length=2)] = [2, 4]   # affine maps per code, inclusive
+    fill_rate: UnitOpen = 0.1    # a code is a category when its points fill this share of a 32x32 grid
+    variation: Annotated[float, _in(0, 1, hi_open=True)] = 0.2   # an instance scales one parameter by 1 +- this
+    points: Annotated[int, _in(100, float("inf"))] = 10000     # chaos-game points per image
+    object_size: Annotated[list[PosInt], Field(min_length=2, max_length=2)] = [48, 112]  # side in canvas pixels
 
 
 class PrepareSection(Section):
@@ -233,6 +246,7 @@ class DatasetConfig(Section):
     val_fraction: UnitOpen = 0.0
     test_fraction: UnitOpen = 0.0
     synth: SynthConfig = SynthConfig()
+    fractal: FractalConfig = FractalConfig()
     train: TrainOverrides = TrainOverrides()  # type: ignore[valid-type]
     transform: TransformOverrides = TransformOverrides()  # type: ignore[valid-type]
 
@@ -341,9 +355,17 @@ def _unique(v: list) -> list:
     return v
 
 
+ENCODER_FROM_HUB = "src/vitfgvc/model.py"
+PRETRAIN_DIR = "models/pretrain"
+
+
 class PipelineSection(Section):
     datasets: Annotated[list[DatasetName], Field(min_length=1), AfterValidator(_unique)]
     equal_time: Annotated[list[DatasetName], AfterValidator(_unique)] = []
+    # sources a pretrain@<source> stage trains the encoder on (dvc.yaml), and the path every training depends on
+    # for its starting weights: model.py (timm's hub, or none) or a pretraining's folder models/pretrain/<source>
+    pretrain: Annotated[list[DatasetName], AfterValidator(_unique)] = []
+    encoder: str = ENCODER_FROM_HUB
 
 
 def _variants(v: dict) -> dict:
@@ -444,6 +466,34 @@ class Params(Section):
                                      "run already has these values")
         return self
 
+    @model_validator(mode="after")
+    def _pretraining(self) -> "Params":
+        pipe, weights = self.pipeline, self.model.weights
+        for name in pipe.pretrain:
+            if name not in self.datasets:
+                raise ValueError(f"pipeline.pretrain names {name!r}, which has no entry under datasets: "
+                                 f"(entries: {', '.join(self.datasets)})")
+            if not spec(self.datasets[name].format).pretraining:
+                raise ValueError(f"pipeline.pretrain: datasets.{name} has format {self.datasets[name].format!r}; a "
+                                 f"pretraining source is one of {', '.join(s for s in SPECS if SPECS[s].pretraining)}")
+        for name in pipe.datasets:
+            if spec(self.datasets[name].format).pretraining:
+                raise ValueError(f"pipeline.datasets names {name!r}, a pretraining source (format "
+                                 f"{self.datasets[name].format}): list it under pipeline.pretrain")
+        parts = PurePosixPath(weights).parts if weights else ()
+        from_stage = parts[:2] == tuple(PRETRAIN_DIR.split("/"))
+        if from_stage:
+            if len(parts) < 4 or parts[2] not in pipe.pretrain:
+                raise ValueError(f"model.weights {weights!r} is a pretraining's output: expected "
+                                 f"{PRETRAIN_DIR}/<source>/<file> with <source> in pipeline.pretrain {pipe.pretrain}")
+            expected = f"{PRETRAIN_DIR}/{parts[2]}"
+        else:
+            expected = weights or ENCODER_FROM_HUB
+        if pipe.encoder != expected:
+            raise ValueError(f"pipeline.encoder must be {expected!r} (what the trainings' encoder starts from, with "
+                             f"model.weights {weights!r}), got {pipe.encoder!r}")
+        return self
+
     def dataset(self, name: str) -> DatasetConfig:
         try:
             return self.datasets[name]
@@ -490,7 +540,8 @@ class Params(Section):
             for section, keys in self.ablation.variants[variant].items():
                 if not isinstance(keys, dict):
                     raise ParamsError(f"{source}.{section} must be a mapping of keys to values, got {keys!r}")
-                data[section] = {**data[section], **keys}
+                key = "backbone" if section == "model" else section  # the run config's name for model:
+                data[key] = {**data[key], **keys}
         return _validate(RunConfig, data, source=source)
 
 

@@ -99,3 +99,24 @@ def keep_freed_memory() -> bool:
     m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4  # malloc.h
     return all(mallopt(option, value) == 1 for option, value in
                ((m_mmap_max, 0), (m_trim_threshold, 1 << 30), (m_top_pad, 64 << 20)))
+
+
+def run_under_torchrun(runtime, script: str, argv: list[str], run_id: str) -> bool:
+    """Start ``script argv`` under torchrun when ``runtime`` asks for several processes or nodes and this process is
+    not one of them yet (no ``LOCAL_RANK``); True when it did (the caller then returns). With ``runtime.nnodes`` > 1
+    every node runs the same command and torchrun's c10d rendezvous joins them (``run_id`` names the rendezvous)."""
+    import re
+
+    if not (runtime.nproc > 1 or runtime.nnodes > 1) or "LOCAL_RANK" in os.environ:
+        return False
+    from torch.distributed.run import main as torchrun
+
+    if runtime.nnodes > 1:
+        where = ["--nnodes", str(runtime.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", runtime.rdzv_endpoint,
+                 "--rdzv-id", re.sub(r"[^A-Za-z0-9_-]", "-", run_id)]
+        if runtime.node_rank is not None:
+            where += ["--node-rank", str(runtime.node_rank)]
+    else:
+        where = ["--standalone"]
+    torchrun([*where, f"--nproc-per-node={runtime.nproc}", script, *argv])
+    return True

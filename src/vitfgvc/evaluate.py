@@ -21,29 +21,8 @@ from .data.loader import Manifest, ManifestDataset
 from .devices import autocast_for, device_for, make_loader, peak_memory_mib
 from .inference import load_model_dir, read_training, training_record
 from .io import replacing_dir, write_json
-from .predictions import Predictions, predict
+from .predictions import Predictions, box_coverage, box_iou, predict  # noqa: F401 - the box scores' home
 from .tracking import RunNotFound
-
-
-def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
-    return iw * ih
-
-
-def _area(x: np.ndarray) -> np.ndarray:
-    return (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise IoU of ``[N, 4]`` boxes ``(x0, y0, x1, y1)``."""
-    inter = _intersection(a, b)
-    return inter / np.maximum(_area(a) + _area(b) - inter, 1e-12)
-
-
-def box_coverage(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """Share of each true box covered by the predicted box."""
-    return _intersection(pred, true) / np.maximum(_area(true), 1e-12)
 
 
 def top_k_accuracy(labels: np.ndarray, scores: np.ndarray, k: int) -> float:
@@ -66,13 +45,7 @@ def metrics(pred: Predictions, classes: list[str], *, auc: bool = False) -> dict
         onehot = np.eye(n_classes)[y][:, present]
         out["mean_auc"] = round(float(roc_auc_score(onehot, combined[:, present], average="macro")), 6) \
             if len(present) > 1 else None
-    has_box = ~np.isnan(pred.true_boxes).any(1)
-    if pred.object_boxes is not None and has_box.any():
-        iou = box_iou(pred.object_boxes[has_box], pred.true_boxes[has_box])
-        cover = box_coverage(pred.object_boxes[has_box], pred.true_boxes[has_box])
-        out["box_iou"] = round(float(iou.mean()), 4)
-        out["box_iou50"] = round(float((iou >= 0.5).mean()), 4)
-        out["box_recall"] = round(float((cover >= 0.5).mean()), 4)
+    out.update(pred.box_scores())
     return out
 
 

@@ -11,6 +11,28 @@ from . import labels
 from .data.on_device import batch_views
 
 
+def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    return iw * ih
+
+
+def _area(x: np.ndarray) -> np.ndarray:
+    return (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise IoU of ``[N, 4]`` boxes ``(x0, y0, x1, y1)``."""
+    inter = _intersection(a, b)
+    return inter / np.maximum(_area(a) + _area(b) - inter, 1e-12)
+
+
+def box_coverage(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Share of each true box covered by the predicted box."""
+    return _intersection(pred, true) / np.maximum(_area(true), 1e-12)
+
+
+
 @dataclass
 class Predictions:
     """Per-image results of one split, in dataset order."""
@@ -35,6 +57,20 @@ class Predictions:
             {k: np.concatenate([p.probs[k] for p in parts]) for k in first.probs},
             np.concatenate([p.true_boxes for p in parts]),
             None if first.object_boxes is None else np.concatenate([p.object_boxes for p in parts]))
+
+    def box_scores(self) -> dict[str, float]:
+        """The object box against the true box, over the images that have both: mean IoU (``box_iou``), share
+        with IoU >= 0.5 (``box_iou50``) and share covering at least half the true box (``box_recall``); {} without
+        object boxes (the baseline) or true boxes."""
+        if self.object_boxes is None:
+            return {}
+        has = ~np.isnan(self.true_boxes).any(1)
+        if not has.any():
+            return {}
+        iou = box_iou(self.object_boxes[has], self.true_boxes[has])
+        cover = box_coverage(self.object_boxes[has], self.true_boxes[has])
+        return {"box_iou": round(float(iou.mean()), 4), "box_iou50": round(float((iou >= 0.5).mean()), 4),
+                "box_recall": round(float((cover >= 0.5).mean()), 4)}
 
     def accuracies(self) -> dict[str, float]:
         """Accuracy (%) of every stage and of the combined prediction: ``accuracy_a``, ..., ``accuracy``."""

@@ -128,6 +128,7 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     epoch_sums: list[dict] | None = None   # per process: running sums of a partly done epoch
     mlflow_run_id: str | None = None
+    val_before: dict | None = None         # the validation before the first step (what the start weights do)
 
     def start_phase(self, index: int, phase: Phase, cfg: RunConfig, steps_per_epoch: int) -> None:
         """What trains, a cleared optimiser state and the phase's schedule (fastai's freeze_to + fit_one_cycle)."""
@@ -138,13 +139,15 @@ class TrainState:
         return {"model": self.model.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": _rng_state(),
                 "phase": self.phase, "epoch": self.epoch, "step": self.step,
-                "history": list(self.history), "epoch_sums": self.epoch_sums, "mlflow_run_id": self.mlflow_run_id}
+                "history": list(self.history), "epoch_sums": self.epoch_sums, "mlflow_run_id": self.mlflow_run_id,
+                "val_before": self.val_before}
 
     def load_state_dict(self, state: dict) -> None:
         """Counters and weights (before the phase starts); :meth:`load_phase_state` the rest."""
         self.model.net.load_state_dict(state["model"])
         for key in ("phase", "epoch", "step", "history", "epoch_sums", "mlflow_run_id"):
             setattr(self, key, state[key])
+        self.val_before = state.get("val_before")
 
     def load_phase_state(self, state: dict) -> None:
         """The optimiser, schedule, scaler and RNG of the phase the checkpoint was written in."""
@@ -465,7 +468,8 @@ def _optimizer_step(state: TrainState, cfg: RunConfig) -> None:
 
 
 def validate(state: TrainState, ctx: Context, ds: ManifestDataset) -> dict:
-    """Accuracy of every stage on a validation split (``val_accuracy_a``, ..., ``val_accuracy``)."""
+    """Accuracy of every stage on a validation split (``val_accuracy_a``, ..., ``val_accuracy``) and, for the
+    multistage model, its object box against the true boxes (``val_box_iou``, ``val_box_iou50``, ``val_box_recall``)."""
     d = ctx.dist
     shard = torch.utils.data.Subset(ds, list(range(d.rank, len(ds), d.world)))
     loader = make_loader(shard, batch_size=ctx.runtime.eval_batch_size, workers=ctx.runtime.workers,
@@ -473,7 +477,8 @@ def validate(state: TrainState, ctx: Context, ds: ManifestDataset) -> dict:
     parts = d.gather(predict(state.model, loader, ctx.device, ctx.autocast))
     if not d.main:
         return {}
-    return {f"val_{k}": v for k, v in Predictions.concat(parts).accuracies().items()}
+    pred = Predictions.concat(parts)
+    return {f"val_{k}": v for k, v in {**pred.accuracies(), **pred.box_scores()}.items()}
 
 
 # ------------------------------------------------------------------ the run
@@ -549,6 +554,8 @@ def _run_phases(state: TrainState, ctx: Context, train_ds, sampler: EpochBatches
     every = ctx.cfg.train.eval_every
     all_phases = phases(ctx.cfg, limited=bool(ctx.runtime.limit_steps))
     total_epochs = sum(p.epochs for p in all_phases)
+    if val_ds is not None and every and state.epoch == 0 and state.step == 0 and state.val_before is None:
+        state.val_before = validate(state, ctx, val_ds) or None  # the start weights, before any step
     for index, phase in enumerate(all_phases):
         last_epoch = first_epoch + phase.epochs
         if state.epoch >= last_epoch:  # a phase a resumed run has finished
@@ -568,7 +575,7 @@ def _run_phases(state: TrainState, ctx: Context, train_ds, sampler: EpochBatches
             last = state.history[-1] if state.history else {}
             row["cum_seconds"] = round(last.get("cum_seconds", 0.0) + row["seconds"], 3)
             row["cum_flops"] = last.get("cum_flops", 0) + row["flops"]
-            if val_ds is not None and every and (done % every == 0 or done == total_epochs):
+            if val_ds is not None and every and (done % every == 0 or done in (1, total_epochs)):
                 row.update(validate(state, ctx, val_ds))
             state.epoch, state.step, state.epoch_sums = state.epoch + 1, 0, None
             state.history.append(row)
@@ -595,7 +602,7 @@ def _write_outputs(state: TrainState, ctx: Context, classes: list[str]) -> dict:
                "final_train_loss": history[-1]["train_loss"] if history else None,
                "batch_size": cfg.train.batch_size,
                "parameters": sum(p.numel() for p in state.model.net.parameters()),
-               "limit_steps": ctx.runtime.limit_steps or None}
+               "limit_steps": ctx.runtime.limit_steps or None, "val_before_training": state.val_before}
     # how it ran: measurements, the processes and the MLflow run (beside the history)
     record = {"train_seconds": round(seconds, 2), "seconds_per_epoch": round(seconds / max(len(history), 1), 3),
               "train_images_per_s": round(float(np.mean([r["images_per_s"] for r in history])), 2)

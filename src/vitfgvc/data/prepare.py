@@ -32,6 +32,7 @@ from ..errors import UserError
 from ..images import MAX_PIXELS, ImageRejected, open_rgb
 from ..io import replacing_dir
 from . import digits as digits_mod
+from . import fractals as fractals_mod
 from .datasets import parser
 from .splits import stratified_holdout
 
@@ -151,6 +152,35 @@ def _render_digits(name: str, raw: Path, tmp: Path, params: Params, progress: bo
     return rows, [], [], list(digits_mod.CLASSES), len(rows), True
 
 
+def _fractals_init(codes, canvas, cfg, seed, root):
+    _DIGITS.update(codes=codes, canvas=canvas, cfg=cfg, seed=seed, root=root)
+
+
+def _fractals_one(job: tuple[str, int]):
+    split, i = job
+    d = _DIGITS
+    img, label, box = fractals_mod.render(d["codes"], split, i, d["canvas"], d["cfg"], d["seed"])
+    source = f"{split}/{i:05d}.jpg"
+    Image.fromarray(img).convert("RGB").save(d["root"] / _stored_name(source), "JPEG", quality=95)
+    return [_stored_name(source), label, fractals_mod.class_names(len(d["codes"]))[label], split, *box, source,
+            d["canvas"], d["canvas"]]
+
+
+def _render_fractals(name: str, raw: Path, tmp: Path, params: Params, progress: bool):
+    cfg = params.dataset(name)
+    f = cfg.fractal
+    codes = fractals_mod.category_codes(f, params.seed)
+    jobs = [("train", i) for i in range(f.classes * f.train)] + [("test", i) for i in range(f.classes * f.test)]
+    for split in ("train", "test"):
+        (tmp / "images" / split).mkdir(parents=True, exist_ok=True)
+    rows = list(_pool_map(_fractals_one, jobs, params.runtime.prepare_workers, f"prepare {name}", progress,
+                          initializer=_fractals_init, initargs=(codes, cfg.high_res, f, params.seed, tmp)))
+    return rows, [], [], fractals_mod.class_names(f.classes), len(rows), True
+
+
+_RENDER = {"digits": _render_digits, "fractals": _render_fractals}  # the synthetic formats' generators
+
+
 def _assign_splits(table: pd.DataFrame, name: str, params: Params, has_test: bool) -> pd.DataFrame:
     cfg, s = params.dataset(name), params.spec(name)
     official = has_test if s.user else s.official_test
@@ -174,10 +204,10 @@ def _assign_splits(table: pd.DataFrame, name: str, params: Params, has_test: boo
 def prepare(name: str, params: Params, raw: str | Path, out: str | Path, *, progress: bool = True) -> dict:
     """Build ``out`` (``data/prepared/<name>``) from the raw tree; return the summary."""
     raw, out = Path(raw), Path(out)
-    if not raw.is_dir():
+    if not raw.is_dir() and not params.spec(name).pretraining:  # a pretraining source is drawn from nothing
         raise PrepareError(f"{raw}: not found; run the download stage first (dvc repro download@{name})")
     with replacing_dir(out) as tmp:
-        convert = _render_digits if params.spec(name).synthetic else _convert_dataset
+        convert = _RENDER[params.spec(name).name] if params.spec(name).synthetic else _convert_dataset
         rows, rejected, duplicates, classes, total, has_test = convert(name, raw, tmp, params, progress)
         share = len(rejected) / max(total, 1)
         if share > params.prepare.max_rejected:

@@ -1,7 +1,7 @@
 """The registry of dataset facts: each format's name, title, original files, options and homepage.
 
 A format is a named benchmark (``cub``, ``dogs``, ``cars``, ``plant``,
-``aircraft``, ``digits``) or a layout for a user's own images (``imagefolder``,
+``aircraft``, ``digits``, the pretraining source ``fractals``) or a layout for a user's own images (``imagefolder``,
 ``csv``). This module states what is known about each and parses nothing, so that
 the params schema (:mod:`vitfgvc.config`) and the reports can read it without the
 parsers: the parser of each format is looked up in :mod:`vitfgvc.data.datasets`
@@ -58,7 +58,8 @@ class DatasetSpec:
     packagings: tuple[tuple[str, ...], ...]  # alternative sets of original file names
     official_test: bool     # a named benchmark's own test split (a user's layout: whether it has one)
     homepage: str
-    synthetic: bool = False  # drawn, not parsed: data/digits.py renders it, data/datasets.py has no parser for it
+    synthetic: bool = False  # drawn, not parsed: data/digits.py or data/fractals.py renders it (no parser)
+    pretraining: bool = False  # a source for pretrain@ only (pipeline.pretrain), drawn from nothing: no download
     user: bool = False      # a layout for a user's own images, not a named benchmark
     options: tuple[str, ...] = ()  # the FormatOptions keys it reads
     auc: bool = False       # also report the mean column-wise ROC AUC (the competition's metric)
@@ -89,6 +90,10 @@ SPECS: dict[str, DatasetSpec] = {
         "digits", "Cluttered digits", (("digits.csv.gz",),), True,
         "https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset (scikit-learn's handwritten "
         "digits)", synthetic=True),
+    "fractals": DatasetSpec(
+        "fractals", "FractalDB-style fractals", (), True,
+        "https://hirokatsukataoka16.github.io/Pretraining-without-Natural-Images/ (FractalDB, Kataoka et al. "
+        "ACCV 2020; drawn here from IFS codes, nothing downloaded)", synthetic=True, pretraining=True),
     "aircraft": DatasetSpec(
         "aircraft", "FGVC-Aircraft", (("fgvc-aircraft-2013b.tar.gz",),), True,
         "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/", options=("level",),
