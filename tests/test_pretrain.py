@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -117,3 +118,38 @@ def test_the_study_profile_pretrains_before_its_trainings_and_the_paper_profile_
     assert not [s for s in paper if s.startswith(("generate@", "pretrain@"))]
     expected = yaml.safe_load((ROOT / "params.yaml").read_text())["pipeline"]["datasets"]
     assert {s.split("@")[1] for s in paper if s.startswith("baseline@")} == set(expected)
+
+
+@pytest.mark.slow
+def test_a_pretraining_killed_anywhere_ends_as_an_uninterrupted_one(tmp_path, monkeypatch, torch_state):
+    from benchmarks.outcome import digest
+
+    from .test_kill import KILLS, _import_the_stages, _run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    _import_the_stages()
+    import vitfgvc.pretrain  # noqa: F401  (imported before the forks, as the other stages' modules)
+
+    data = set_dotted(_toy_params(), **{"runtime.ckpt_every": 1, "runtime.prepare_workers": 1})
+    data["datasets"]["fractals"]["train"]["epochs"] = 2
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    for project in (whole, killed):
+        project.mkdir()
+        (project / "params.yaml").write_text(yaml.safe_dump(data))
+    stages = [("prepare.py", ("--dataset", "fractals"), ["data/prepared/fractals", "metrics/prepare/fractals.json"]),
+              ("pretrain.py", ("--source", "fractals"), ["models/pretrain/fractals", "metrics/pretrain/fractals.json",
+                                                         "metrics/pretrain/fractals_history.csv"])]
+    rng = np.random.default_rng(29)
+    for script, args, outputs in stages:
+        start = time.perf_counter()
+        assert _run(whole, script, *args) == "finished"
+        seconds = time.perf_counter() - start
+        reference = {o: digest(whole / o) for o in outputs}
+        for delay in sorted(rng.uniform(0.05, 0.95, KILLS) * seconds):
+            _run(killed, script, *args, kill_after=float(delay))
+            for o in outputs:  # absent or whole, never half-written
+                assert digest(killed / o) in ({}, reference[o]), f"{script} killed after {delay:.2f} s: partial {o}"
+        assert _run(killed, script, *args) == "finished"
+        for o in outputs:
+            assert digest(killed / o) == reference[o], f"{script}: {o} differs from the uninterrupted run"
+    assert (killed / "models/pretrain/fractals/encoder.safetensors").exists()
