@@ -13,6 +13,8 @@ re-runs what changed, and a killed run resumes.
     python benchmarks/profiles.py rehearsal  # the paper's DAG at full size, a step per phase: reports/rehearsal.md (about 25 min)
     python benchmarks/profiles.py cpu --seeds 3                      # the CPU benchmark, then its key rows with
     python benchmarks/profiles.py cpu --seeds 3 --seed-variants NAME     # 2 more seeds: reports/cpu/seeds.md
+    python benchmarks/profiles.py pretrained --seeds 3 --seed-variants parts_small  # the same with a fractal-
+                                        # pretrained encoder: reports/cpu/pretrained.md (54 min on 2 cores)
 
 ``--seeds N`` (the ``cpu`` profile only) runs the profile as above with its own ``seed``, then
 with each of the next N - 1 seeds in its own copy, ``.profiles/cpu-seed<s>`` (beside ``--dir``):
