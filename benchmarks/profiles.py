@@ -16,7 +16,7 @@ re-runs what changed, and a killed run resumes.
     python benchmarks/profiles.py pretrained --seeds 3 --seed-variants parts_small  # the same with a fractal-
                                         # pretrained encoder: reports/cpu/pretrained.md (54 min on 2 cores)
 
-``--seeds N`` (the ``cpu`` profile only) runs the profile as above with its own ``seed``, then
+``--seeds N`` (the ``cpu`` and ``pretrained`` profiles) runs the profile as above with its own ``seed``, then
 with each of the next N - 1 seeds in its own copy, ``.profiles/cpu-seed<s>`` (beside ``--dir``):
 the same profile but for ``seed``, and with only the ablation variants that ``--seed-variants``
 names (none by default: the baseline, the equal-time baseline and the multistage model, roughly
