@@ -42,7 +42,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.profiles import environment  # noqa: E402
+from benchmarks.profiles import environment, set_dotted  # noqa: E402
 
 # The learning test's training: the CPU profile's model and recipe, 14 epochs with stages b and c from the 12th,
 # 300 test canvases, the Otsu threshold (the tight boxes: with the paper's mean threshold the box is larger and
@@ -72,16 +72,6 @@ CONDITIONS: dict[str, tuple[dict, dict, bool]] = {
     "sse4": ({}, SSE4, True),
     "deterministic": ({"train.deterministic": True}, {}, True),
 }
-
-
-def set_dotted(data: dict, dotted: Mapping) -> dict:
-    for key, value in dotted.items():
-        *parents, last = key.split(".")
-        node = data
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return data
 
 
 def _run(cmd: list[str], cwd: Path, env: dict, timeout: float) -> None:

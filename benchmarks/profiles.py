@@ -38,6 +38,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,18 @@ def project_files(root: Path) -> list[str]:
     out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=root,
                          capture_output=True, check=True)
     return [f for f in out.stdout.decode().split("\0") if f and (root / f).is_file()]
+
+
+def set_dotted(data: dict, dotted: Mapping[str, object]) -> dict:
+    """Set ``{"a.b": v}`` style keys (as ``dvc exp run -S`` names them) in a nested params mapping, in place;
+    returns it."""
+    for key, value in dotted.items():
+        *parents, last = key.split(".")
+        node = data
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return data
 
 
 def environment(**extra: str) -> dict[str, str]:

@@ -33,13 +33,9 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 def set_dotted(data: dict, **dotted) -> dict:
     """Set ``{"a.b": v}`` style keys in a nested params mapping (in place); returns it."""
-    for key, value in dotted.items():
-        *parents, last = key.split(".")
-        node = data
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return data
+    from benchmarks.profiles import set_dotted as set_keys
+
+    return set_keys(data, dotted)
 
 
 def smoke_params(**dotted) -> dict:

@@ -7,16 +7,15 @@ read back through the REST endpoints its pages call, from a real ``mlflow server
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from .conftest import subprocess_env
+from .pipeline import mlflow_server
 
 MANIFEST = """\
 image,label,class_name,split,x0,y0,x1,y1,source,width,height
@@ -76,32 +75,11 @@ def evaluate(root: Path, run_id: str, accuracy: float) -> None:
     t.finish("FINISHED")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
-    """``mlflow server`` on the project's store, asked what the UI asks (its ``ajax-api`` routes)."""
+    """What the MLflow UI asks an ``mlflow server`` (its ``ajax-api`` routes) at ``base``."""
 
-    def __init__(self, root: Path):
-        self.base = f"http://127.0.0.1:{_free_port()}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-             "--host", "127.0.0.1", "--port", self.base.rsplit(":", 1)[1], "--workers", "1"],
-            cwd=root, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.base}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                if time.time() > deadline or self.proc.poll() is not None:
-                    self.close()
-                    raise AssertionError(f"mlflow server did not start: {self.proc.stderr.read1(4000)!r}") from None
-                time.sleep(0.5)
+    def __init__(self, base: str):
+        self.base = base
 
     def get(self, path: str) -> dict:
         with urllib.request.urlopen(f"{self.base}/ajax-api/2.0/mlflow/{path}", timeout=30) as r:
@@ -112,10 +90,6 @@ class Server:
                                          data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as r:
             return json.load(r)
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
 
 
 def tags_of(entity: dict) -> dict[str, str]:
@@ -128,15 +102,13 @@ def test_the_ui_sees_a_training_experiment_run_sources_datasets_and_one_run_per_
     evaluate(project, runs_made["baseline"], 75.0)
     commit = git(project, "rev-parse", "HEAD")
 
-    server = Server(project)
-    try:
+    with mlflow_server(project / "mlflow.db", subprocess_env()) as base:
+        server = Server(base)
         experiment = server.get("experiments/get-by-name?experiment_name=vitfgvc")["experiment"]
         runs = server.post("runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100,
                                            "order_by": ["attributes.start_time ASC"]})["runs"]
         run_page = server.get(f"runs/get?run_id={runs_made['multistage']}")["run"]
         history = server.get(f"metrics/get-history?run_id={runs_made['multistage']}&metric_key=train_loss")
-    finally:
-        server.close()
 
     # the experiment is a model-training one: the UI does not treat it as a GenAI app's traces
     assert tags_of(experiment)["mlflow.experimentKind"] == "custom_model_development"

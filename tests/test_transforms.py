@@ -174,6 +174,24 @@ def test_one_resampling_equals_fastais_affine_coord(draw):
         assert (dev - want).abs().max() < 1e-4
 
 
+def test_the_perspective_coefficients_are_torchvisions_to_the_bit():
+    """Built as one tensor rather than torchvision's row by row, the same values: the device path resamples with
+    exactly what the per-sample path's ``perspective`` computes (500 draws of the paper's transform, and wider)."""
+    from torchvision.transforms.functional import _get_perspective_coeffs
+
+    from vitfgvc.data.per_item import _perspective_points, perspective_coefficients
+
+    g = torch.Generator().manual_seed(7)
+    for wide in (1.0, 3.0):
+        t = TransformSection(affine_p=1.0, max_rotate=10.0 * wide, max_warp=min(0.2 * wide, 0.9),
+                             zoom=[1.0, 1.0 + 0.1 * wide])
+        for _ in range(250):
+            draw = draw_affine(t, g)
+            if draw.resamples:
+                start, end = _perspective_points(draw, 384)
+                assert perspective_coefficients(draw, 384) == _get_perspective_coeffs(start, end), draw
+
+
 def test_reflection_padding_leaves_no_constant_corners():
     x = 0.2 + 0.6 * to_tensor(textured(64, 64))  # in [0.2, 0.8]
     out, _ = affine(x, None, AffineDraw(False, 10.0, 1.0, (0.5, 0.5), (0.2, 0.2)))

@@ -281,11 +281,18 @@ def _perspective_box(boxes: tv_tensors.BoundingBoxes, start, end, size: int) -> 
 def perspective_coefficients(d: AffineDraw, size: int, points=None) -> list[float]:
     """The 8 coefficients ``(a, b, c, d, e, f, g, h)`` of one sample's resampling, as torchvision's
     ``perspective`` computes them (float32 values): the output pixel ``(x, y)`` (pixel ``i`` spanning
-    ``[i, i + 1]``) reads the input at ``((a x + b y + c) / (g x + h y + 1), (d x + e y + f) / (g x + h y + 1))``."""
-    from torchvision.transforms.functional import _get_perspective_coeffs
+    ``[i, i + 1]``) reads the input at ``((a x + b y + c) / (g x + h y + 1), (d x + e y + f) / (g x + h y + 1))``.
 
+    torchvision's ``_get_perspective_coeffs`` to the bit (the same system, its rows passing through float32 as
+    there, the same least-squares driver), built as one tensor instead of sixteen row assignments: per item
+    in the loader's workers, its construction cost more than the solve."""
     start, end = points or _perspective_points(d, size)
-    return _get_perspective_coeffs(start, end)  # as perspective(startpoints=start, endpoints=end) computes them
+    rows = []
+    for (x, y), (u, v) in zip(end, start):
+        rows += [[x, y, 1, 0, 0, 0, -u * x, -u * y], [0, 0, 0, x, y, 1, -v * x, -v * y]]
+    a = torch.tensor(rows, dtype=torch.float32).double()
+    b = torch.tensor(start, dtype=torch.float64).view(8)
+    return torch.linalg.lstsq(a, b, driver="gels").solution.to(torch.float32).tolist()
 
 
 # --------------------------------------------------------------------------- lighting
