@@ -298,7 +298,7 @@ def test_flops_of_a_linear_layer_and_of_cpu_attention_forward_and_backward():
     assert counts["attention"] == forward + int(2.5 * forward)  # backward: torch's formula for fused attention
 
 
-def test_history_counts_flops_and_seconds_and_validates_every_eval_every_epochs(workspace, tmp_path, torch_state):
+def test_history_counts_flops_and_seconds_and_validates_first_every_eval_every_and_last_epochs(workspace, tmp_path, torch_state):
     # a validation split: every fifth training image of the prepared digits becomes "val"
     ws = tmp_path / "ws"
     shutil.copytree(workspace / "data/prepared/digits", ws / "data/prepared/digits")
@@ -308,15 +308,22 @@ def test_history_counts_flops_and_seconds_and_validates_every_eval_every_epochs(
     manifest.loc[train_rows[::5], "split"] = "val"
     manifest.to_csv(ws / "data/prepared/digits/manifest.csv", index=False)
     _, paths, metrics = train_in_process(ws, tmp_path / "out", "digits", "multistage",
-                                         **{"train.epochs_frozen": 1, "train.epochs": 2, "train.eval_every": 2})
+                                         **{"train.epochs_frozen": 1, "train.epochs": 3, "train.eval_every": 3})
     h = pd.read_csv(paths.history)
-    assert h["epoch"].tolist() == [1, 2, 3]
+    assert h["epoch"].tolist() == [1, 2, 3, 4]
     assert (h["flops"] > 0).all() and h["cum_flops"].tolist() == h["flops"].cumsum().tolist()
     assert h["cum_seconds"].tolist() == pytest.approx(h["seconds"].cumsum().tolist(), abs=2e-3)
     # the frozen phase's backward stops at the final norm: fewer FLOPs than an epoch training every layer
-    assert h["flops"][0] < h["flops"][1] == h["flops"][2]
-    # validated at epoch 2 (every 2nd) and 3 (the last), on every stage
-    for column in ("val_accuracy", "val_accuracy_a", "val_accuracy_b", "val_accuracy_c"):
-        assert h[column].isna().tolist() == [True, False, False], column
+    assert h["flops"][0] < h["flops"][1] == h["flops"][2] == h["flops"][3]
+    # validated after epoch 1 (the first), 3 (every 3rd) and 4 (the last), not 2; every stage, and the multistage
+    # model's object box against the true boxes
+    for column in ("val_accuracy", "val_accuracy_a", "val_accuracy_b", "val_accuracy_c", "val_box_iou",
+                   "val_box_iou50", "val_box_recall"):
+        assert h[column].isna().tolist() == [False, True, False, False], column
+    assert h["val_box_iou"].between(0, 1).iloc[[0, 2, 3]].all()
     summary = json.loads((paths.model_dir / "training.json").read_text())
+    # and once before the first step: what the start weights do
+    before = summary["val_before_training"]
+    assert {"val_accuracy", "val_accuracy_c", "val_box_iou", "val_box_recall"} <= set(before)
+    assert 0 <= before["val_box_iou"] <= 1
     assert summary["train_flops"] == metrics["train_flops"] == h["flops"].sum()

@@ -174,8 +174,8 @@ class TrainSection(Section):
     label_smoothing: UnitOpen = 0.1
     grad_clip: NonNegFloat = 0.0
     eval_every: NonNegInt = Field(
-        default=1, description="validate every this many epochs and after the last one (0 = never); only where "
-        "the dataset has a validation split (val_fraction > 0)")
+        default=1, description="validate every this many epochs, and before the first step, after the first epoch "
+        "and after the last one (0 = never); only where the dataset has a validation split (val_fraction > 0)")
     amp: bool = True
     deterministic: bool = False
 
