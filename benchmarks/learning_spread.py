@@ -129,7 +129,7 @@ def wrong_boxes(folder: Path, patches: int = 2) -> dict[str, dict[str, float]]:
     ``patches`` patches of the model's grid (``shifted``), or the whole view (``full``, a localisation that
     never finds anything). The bounds must fail for both, or they do not test the box."""
     from vitfgvc.data.loader import Manifest
-    from vitfgvc.evaluate import box_coverage, box_iou
+    from vitfgvc.predictions import box_coverage, box_iou
 
     cfg = yaml.safe_load((folder / f"models/digits/ablation/{VARIANT}/config.yaml").read_text())
     assert cfg["transform"]["eval_view"] == "squash", "the true boxes below are fractions of the whole canvas"

@@ -21,7 +21,7 @@ from .data.loader import Manifest, ManifestDataset
 from .devices import autocast_for, device_for, make_loader, peak_memory_mib
 from .inference import load_model_dir, read_training, training_record
 from .io import replacing_dir, write_json
-from .predictions import Predictions, box_coverage, box_iou, predict  # noqa: F401 - the box scores' home
+from .predictions import Predictions, predict
 from .tracking import RunNotFound
 
 

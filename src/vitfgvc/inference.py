@@ -7,6 +7,7 @@ read from ``params.yaml``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,9 +37,9 @@ def training_record(metrics_file: Path) -> Path:
 
 def read_training(model_dir: Path, record: Path) -> dict:
     """A training's summary and its record, as one dict."""
-    import json
-
     return {**json.loads((Path(model_dir) / TRAINING_SUMMARY).read_text()), **json.loads(Path(record).read_text())}
+
+
 REQUIRED = (WEIGHTS, CONFIG, CLASSES)
 
 

@@ -32,7 +32,6 @@ def box_coverage(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     return _intersection(pred, true) / np.maximum(_area(true), 1e-12)
 
 
-
 @dataclass
 class Predictions:
     """Per-image results of one split, in dataset order."""

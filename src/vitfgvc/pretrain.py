@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from .config import PRETRAIN_DIR, Params, RunConfig
-from .inference import TRAINING_SUMMARY, WEIGHTS
+from .inference import WEIGHTS
 from .io import atomic_write_bytes, write_json
 from .training import RunPaths, train
 
@@ -62,12 +62,11 @@ def pretrain(params: Params, source: str, *, tracker_factory=None, progress: boo
         return None
     encoder = export_encoder(paths.model_dir)
     splits = pd.read_csv(paths.data / "manifest.csv")["split"].value_counts()
-    learned = pd.read_json(paths.model_dir / TRAINING_SUMMARY, typ="series")
     history = pd.read_csv(paths.history)
     record = {"source": source, "format": params.dataset(source).format, "encoder": str(encoder),
               "classes": len(pd.read_csv(paths.data / "classes.csv")),
               "train_images": int(splits.get("train", 0)), "val_images": int(splits.get("val", 0)),
-              "epochs": int(learned["epochs"]), "train_flops": int(learned["train_flops"]),
+              "epochs": summary["epochs"], "train_flops": summary["train_flops"],
               "train_seconds": summary["train_seconds"], "processes": summary["processes"],
               "final_val_accuracy": float(history["val_accuracy"].dropna().iloc[-1])
               if "val_accuracy" in history and history["val_accuracy"].notna().any() else None}

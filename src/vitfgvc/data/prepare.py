@@ -122,16 +122,16 @@ def _convert_dataset(name: str, raw: Path, tmp: Path, params: Params, progress: 
     return rows, rejected, duplicates, parsed.classes, len(parsed.records), parsed.has_test
 
 
-_DIGITS: dict = {}
+_WORKER: dict = {}  # a generating worker's fixed inputs (digits or fractals), set once by its initializer
 
 
 def _digits_init(images, labels, pools, canvas, cfg, seed, root):
-    _DIGITS.update(images=images, labels=labels, pools=pools, canvas=canvas, cfg=cfg, seed=seed, root=root)
+    _WORKER.update(images=images, labels=labels, pools=pools, canvas=canvas, cfg=cfg, seed=seed, root=root)
 
 
 def _digits_one(job: tuple[str, int]):
     split, i = job
-    d = _DIGITS
+    d = _WORKER
     img, label, box = digits_mod.render(d["images"], d["labels"], d["pools"][split], split, i,
                                         d["canvas"], d["cfg"], d["seed"])
     source = f"{split}/{i:05d}.jpg"
@@ -153,12 +153,12 @@ def _render_digits(name: str, raw: Path, tmp: Path, params: Params, progress: bo
 
 
 def _fractals_init(codes, canvas, cfg, seed, root):
-    _DIGITS.update(codes=codes, canvas=canvas, cfg=cfg, seed=seed, root=root)
+    _WORKER.update(codes=codes, canvas=canvas, cfg=cfg, seed=seed, root=root)
 
 
 def _fractals_one(job: tuple[str, int]):
     split, i = job
-    d = _DIGITS
+    d = _WORKER
     img, label, box = fractals_mod.render(d["codes"], split, i, d["canvas"], d["cfg"], d["seed"])
     source = f"{split}/{i:05d}.jpg"
     Image.fromarray(img).convert("RGB").save(d["root"] / _stored_name(source), "JPEG", quality=95)
